@@ -1,0 +1,1 @@
+"""Domain chatbots: one shared base model, four variants (LoRA adapter or prompt template)."""

