@@ -1,0 +1,159 @@
+"""The Bot interface and its two kinds: PromptedBot (template, adapters off) and LoraBot.
+
+A bot turns a conversation into chat messages for the backbone, fits them into the
+context budget and streams the reply. ``bot.stream(...)`` returns a ReplyStream: iterate
+it for text pieces; its ``stats`` and ``text`` are complete once it is exhausted.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bots.backbone import Backbone
+from bots.conversation import clean_conversation
+from bots.generation import GenerationSettings, GenerationStats
+from prompts import FewShotExample, PromptSpec, render_lora, render_prompted
+
+Message = dict[str, str]
+
+
+class VariantUnavailable(RuntimeError):
+    """The variant cannot answer (for example its adapter is missing); the message says why."""
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """One entry of the registry: a domain built with one method."""
+
+    name: str
+    domain: str
+    method: str
+    """'lora' or 'prompt'."""
+    label: str
+
+
+@dataclass(frozen=True)
+class Availability:
+    ok: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class PromptOverride:
+    """Prompt-lab edits of a prompted variant, for one browser session only."""
+
+    system_prompt: str | None = None
+    few_shot: tuple[FewShotExample, ...] | None = None
+
+
+@dataclass
+class ReplyStream:
+    """Iterate for text pieces; ``text`` and ``stats`` are filled in as it goes."""
+
+    pieces: Iterator[str]
+    stats: GenerationStats
+    notice: str = ""
+    text: str = ""
+
+    def __iter__(self) -> Iterator[str]:
+        for piece in self.pieces:
+            self.text += piece
+            yield piece
+
+    def close(self) -> None:
+        close = getattr(self.pieces, "close", None)
+        if close:
+            close()
+
+    def consume(self) -> "ReplyStream":
+        for _ in self:
+            pass
+        return self
+
+
+@dataclass
+class Bot(ABC):
+    spec: VariantSpec
+    backbone: Backbone
+    prompt: PromptSpec
+    availability: Availability = field(default_factory=lambda: Availability(True))
+
+    @property
+    @abstractmethod
+    def adapter(self) -> str | None:
+        """Adapter name to activate while this bot generates; None: the bare base model."""
+
+    @abstractmethod
+    def render(self, conversation: list[Message], override: PromptOverride | None = None) -> list[Message]:
+        """All chat messages for the model: fixed part (system, few-shot) then the conversation."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Markdown shown in the UI: what this variant is."""
+
+    def stream(self, conversation: list[Message], settings: GenerationSettings | None = None, override: PromptOverride | None = None) -> ReplyStream:
+        if not self.availability.ok:
+            raise VariantUnavailable(f"{self.spec.name} is unavailable: {self.availability.reason}")
+        settings = (settings or GenerationSettings()).validate()
+        conversation = clean_conversation(conversation)
+        messages = self.render(conversation, override)
+        fixed = messages[: len(messages) - len(conversation)]
+        trimmed = self.backbone.fit_to_context(fixed, messages[len(fixed) :], settings.max_new_tokens)
+        stats = GenerationStats()
+        pieces = self.backbone.stream(trimmed.prompt_ids, self.adapter, settings, stats)
+        return ReplyStream(pieces, stats, trimmed.notice)
+
+    def reply(self, conversation: list[Message], settings: GenerationSettings | None = None, override: PromptOverride | None = None) -> ReplyStream:
+        """The whole reply at once (a consumed stream)."""
+        return self.stream(conversation, settings, override).consume()
+
+
+class PromptedBot(Bot):
+    """The prompt-template method: full system prompt, fact sheet and few-shot; no adapter."""
+
+    @property
+    def adapter(self) -> str | None:
+        return None
+
+    def render(self, conversation: list[Message], override: PromptOverride | None = None) -> list[Message]:
+        override = override or PromptOverride()
+        return render_prompted(self.prompt, conversation, override.system_prompt, override.few_shot)
+
+    def describe(self) -> str:
+        shots = "\n\n".join(f"**User:** {shot.user}\n\n**Assistant:** {shot.assistant}" for shot in self.prompt.few_shot)
+        return (
+            f"### {self.spec.label}\n"
+            "Base model with **no adapter**. Every request carries this system message and "
+            f"{len(self.prompt.few_shot)} few-shot dialogs (from `prompts/{self.prompt.domain}.yaml`).\n\n"
+            f"#### System message\n```text\n{self.prompt.system_message()}\n```\n\n#### Few-shot dialogs\n{shots}"
+        )
+
+
+@dataclass
+class LoraBot(Bot):
+    """The fine-tuning method: the domain's LoRA adapter on, a short system prompt only."""
+
+    adapter_path: Path | None = None
+
+    @property
+    def adapter(self) -> str | None:
+        return self.spec.domain
+
+    def render(self, conversation: list[Message], override: PromptOverride | None = None) -> list[Message]:
+        # No fact sheet, no few-shot: what it knows it must have learned. Overrides do not apply.
+        return render_lora(self.prompt, conversation)
+
+    def describe(self) -> str:
+        header = (
+            f"### {self.spec.label}\n"
+            f"Base model + the **{self.spec.domain} LoRA adapter**. The only prompt is this short system message:\n"
+            f"```text\n{self.prompt.lora_system_prompt}\n```\n"
+        )
+        if not self.availability.ok:
+            return header + f"\n**Unavailable:** {self.availability.reason}"
+        card = self.adapter_path / "README.md" if self.adapter_path else None
+        card_text = card.read_text(encoding="utf-8") if card and card.is_file() else "(this adapter has no model card)"
+        return header + f"\n#### Adapter card (`{self.adapter_path}`)\n\n{card_text}"

@@ -1,0 +1,53 @@
+"""Checking and cleaning a conversation before it reaches a bot.
+
+A conversation is a list of ``{"role": "user"|"assistant", "content": str}`` that
+alternates, starts with the user and ends with the user's new message. Control
+characters and unpaired surrogates are removed (they break tokenisers and logs);
+anything else wrong raises ConversationError with a message fit for the user.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+Message = dict[str, str]
+ROLES = ("user", "assistant")
+# C0/C1 control characters except tab and newline.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+class ConversationError(ValueError):
+    """The conversation cannot be answered as it is; the message says why."""
+
+
+def clean_text(text: str) -> str:
+    """Drop control characters and invalid Unicode; normalise line ends."""
+    text = text.encode("utf-8", errors="replace").decode("utf-8") if _has_surrogates(text) else text
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _CONTROL.sub("", text)
+    return unicodedata.normalize("NFC", text)
+
+
+def _has_surrogates(text: str) -> bool:
+    return any("\ud800" <= char <= "\udfff" for char in text)
+
+
+def clean_conversation(messages: list[Message]) -> list[Message]:
+    """Validated copy of ``messages`` with cleaned text."""
+    if not isinstance(messages, list) or not messages:
+        raise ConversationError("there is no message to answer")
+    cleaned: list[Message] = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES or not isinstance(message.get("content"), str):
+            raise ConversationError(f"message {index + 1} must have a role (user or assistant) and text content")
+        expected = ROLES[index % 2]
+        if message["role"] != expected:
+            raise ConversationError(f"message {index + 1} should be from the {expected}: turns must alternate, starting with the user")
+        text = clean_text(message["content"]).strip()
+        if not text and message["role"] == "user":
+            raise ConversationError("the message is empty: please type a question")
+        cleaned.append({"role": message["role"], "content": text})
+    if cleaned[-1]["role"] != "user":
+        raise ConversationError("the last message must be the user's")
+    return cleaned

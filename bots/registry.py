@@ -1,0 +1,111 @@
+"""The four variants, as data, and the process-wide runtime that serves them.
+
+``VARIANTS`` is what the UI, the CLI, the tests and the evaluation iterate. A method name
+maps to a bot class; a LoRA variant whose adapter cannot be loaded is kept in the registry
+as unavailable with the reason (never silently answered by the bare base model).
+
+``get_runtime()`` loads the base model once per process and builds every bot.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from bots.backbone import AdapterError, Backbone
+from bots.base_model import BaseModelSpec, LoadedBase, load_base
+from bots.bot import Availability, Bot, LoraBot, PromptedBot, VariantSpec
+from prompts import load_prompt_spec
+
+ENV_ADAPTERS = "TOP_ADAPTERS_DIR"
+PACKAGED_ADAPTERS = Path(__file__).resolve().parent / "adapters"
+
+VARIANTS: dict[str, VariantSpec] = {
+    spec.name: spec
+    for spec in (
+        VariantSpec("ecommerce-lora", "ecommerce", "lora", "E-commerce · LoRA adapter"),
+        VariantSpec("ecommerce-prompt", "ecommerce", "prompt", "E-commerce · prompt template"),
+        VariantSpec("medical-lora", "medical", "lora", "Medical · LoRA adapter"),
+        VariantSpec("medical-prompt", "medical", "prompt", "Medical · prompt template"),
+    )
+}
+BOT_CLASSES: dict[str, type[Bot]] = {"lora": LoraBot, "prompt": PromptedBot}
+DOMAINS: tuple[str, ...] = tuple(dict.fromkeys(spec.domain for spec in VARIANTS.values()))
+
+
+class UnknownVariant(KeyError):
+    def __str__(self) -> str:
+        return f"unknown variant '{self.args[0]}'; choose one of: {', '.join(VARIANTS)}"
+
+
+def variant_spec(name: str) -> VariantSpec:
+    if name not in VARIANTS:
+        raise UnknownVariant(name)
+    return VARIANTS[name]
+
+
+def default_adapters_dir() -> Path:
+    env = os.environ.get(ENV_ADAPTERS)
+    return Path(env).expanduser() if env else PACKAGED_ADAPTERS
+
+
+def build_bots(backbone: Backbone, adapters_dir: Path | None = None) -> dict[str, Bot]:
+    """One bot per variant; LoRA adapters are attached to the backbone here."""
+    adapters_dir = adapters_dir or default_adapters_dir()
+    bots: dict[str, Bot] = {}
+    for spec in VARIANTS.values():
+        bot = BOT_CLASSES[spec.method](spec, backbone, load_prompt_spec(spec.domain))
+        if isinstance(bot, LoraBot):
+            bot.adapter_path = adapters_dir / spec.domain
+            bot.availability = _attach_adapter(backbone, spec.domain, bot.adapter_path)
+        bots[spec.name] = bot
+    return bots
+
+
+def _attach_adapter(backbone: Backbone, name: str, path: Path) -> Availability:
+    if name in backbone.adapters:
+        return Availability(True)
+    try:
+        backbone.load_adapter(name, path)
+    except AdapterError as exc:
+        return Availability(False, str(exc))
+    return Availability(True)
+
+
+@dataclass
+class Runtime:
+    """Everything a process serves: the backbone and the four bots."""
+
+    backbone: Backbone
+    bots: dict[str, Bot]
+
+    def bot(self, name: str) -> Bot:
+        variant_spec(name)
+        return self.bots[name]
+
+    @classmethod
+    def from_base(cls, base: LoadedBase, adapters_dir: Path | None = None) -> "Runtime":
+        backbone = Backbone(base)
+        return cls(backbone, build_bots(backbone, adapters_dir))
+
+
+_runtime: Runtime | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime(spec: BaseModelSpec | None = None, adapters_dir: Path | None = None) -> Runtime:
+    """The process's runtime, loaded on first use (the base model is loaded only once)."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = Runtime.from_base(load_base(spec), adapters_dir)
+        return _runtime
+
+
+def set_runtime(runtime: Runtime | None) -> None:
+    """Install a runtime (tests inject one built on the tiny model)."""
+    global _runtime
+    with _runtime_lock:
+        _runtime = runtime
