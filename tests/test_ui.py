@@ -1,0 +1,67 @@
+"""The Gradio UI served on loopback and driven through gradio_client, on the tiny model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from gradio_client import Client
+
+from bots.base_model import LoadedBase
+from bots.registry import Runtime, set_runtime
+from tests.tiny_model import save_tiny_adapter
+
+
+@pytest.fixture()
+def served(tiny_base: LoadedBase, tmp_path: Path) -> Iterator[tuple[Client, Runtime]]:
+    save_tiny_adapter(tmp_path / "ecommerce")
+    runtime = Runtime.from_base(tiny_base, tmp_path)
+    set_runtime(runtime)
+    import ui
+
+    _, url, _ = ui.demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    try:
+        yield Client(url, verbose=False), runtime
+    finally:
+        ui.demo.close()
+        set_runtime(None)
+
+
+def _text(message: dict) -> str:
+    content = message["content"]
+    return content if isinstance(content, str) else "".join(part["text"] for part in content)
+
+
+def test_chat_streams_a_reply_and_keeps_history(served: tuple[Client, Runtime]) -> None:
+    client, runtime = served
+    job = client.submit("hello", [], "ecommerce", "lora", 16, 0.0, 0.95, 1.1, api_name="/chat")
+    updates = list(job)
+    history, textbox, status = job.outputs()[-1]
+    assert len(updates) >= 2  # streamed: partial updates before the final one
+    assert [m["role"] for m in history] == ["user", "assistant"]
+    assert _text(history[0]) == "hello" and textbox == ""
+    expected = runtime.bots["ecommerce-lora"].reply([{"role": "user", "content": "hello"}])
+    assert _text(history[1]) == expected.text[: len(_text(history[1]))] and _text(history[1])
+    assert status.startswith("ecommerce-lora:") and "tok/s" in status
+    # A second turn sends the history back.
+    history2, _, _ = client.predict("thanks", history, "ecommerce", "prompt", 16, 0.0, 0.95, 1.1, api_name="/chat")
+    assert [m["role"] for m in history2] == ["user", "assistant", "user", "assistant"]
+
+
+def test_bad_input_keeps_history_and_text(served: tuple[Client, Runtime]) -> None:
+    client, _ = served
+    history, textbox, status = client.predict("   ", [], "medical", "prompt", 16, 0.0, 0.95, 1.1, api_name="/chat")
+    assert history == [] and "empty" in status
+    history, textbox, status = client.predict("hi", [], "medical", "lora", 16, 0.0, 0.95, 1.1, api_name="/chat")
+    assert history == [] and textbox == "hi" and "unavailable" in status
+    with pytest.raises(Exception, match="maximum"):  # the page's sliders refuse out-of-range values
+        client.predict("hi", [], "medical", "prompt", 16, 9.0, 0.95, 1.1, api_name="/chat")
+
+
+def test_handler_refuses_bad_settings_without_losing_anything(served: tuple[Client, Runtime]) -> None:
+    import ui
+
+    history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!"}]
+    outputs = list(ui.respond("next?", history, "medical", "prompt", -3, 0.0, 0.95, 1.1))
+    assert outputs == [(history, "next?", "⚠️ max_new_tokens must be an integer from 1 to 1024")]
