@@ -60,8 +60,8 @@ def test_bad_input_keeps_history_and_text(served: tuple[Client, Runtime]) -> Non
 
 
 def test_handler_refuses_bad_settings_without_losing_anything(served: tuple[Client, Runtime]) -> None:
-    import ui
+    from webui.chat_tab import respond
 
     history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!"}]
-    outputs = list(ui.respond("next?", history, "medical", "prompt", -3, 0.0, 0.95, 1.1))
+    outputs = list(respond("next?", history, "medical", "prompt", -3, 0.0, 0.95, 1.1))
     assert outputs == [(history, "next?", "⚠️ max_new_tokens must be an integer from 1 to 1024")]

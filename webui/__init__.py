@@ -1,0 +1,1 @@
+"""The Gradio page of Tune or Prompt, one module per tab; ui.py assembles them."""

@@ -1,0 +1,78 @@
+"""The Chat tab: pick a domain and a method, chat with that variant, replies streamed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import gradio as gr
+
+from bots.bot import VariantUnavailable
+from bots.conversation import ConversationError
+from bots.generation import GenerationSettings, SettingsError
+from bots.registry import DOMAINS, get_runtime
+from webui.common import METHODS, ChatHistory, example_samples, to_conversation, variant_for, variant_status
+
+
+def describe_variant(domain: str, method: str) -> str:
+    return get_runtime().bot(variant_for(domain, method).name).describe()
+
+
+def respond(message: str, history: ChatHistory, domain: str, method: str, max_new_tokens: float, temperature: float, top_p: float, repetition_penalty: float) -> Iterator[tuple[ChatHistory, str, str]]:
+    """Stream the selected variant's reply into the chat; errors keep the history and the text."""
+    history = list(history or [])
+    try:
+        settings = GenerationSettings(int(max_new_tokens), float(temperature), float(top_p), float(repetition_penalty)).validate()
+        bot = get_runtime().bot(variant_for(domain, method).name)
+        stream = bot.stream(to_conversation(history) + [{"role": "user", "content": message or ""}], settings)
+    except (ConversationError, SettingsError, VariantUnavailable) as exc:
+        gr.Warning(str(exc))
+        yield history, message, f"⚠️ {exc}"
+        return
+    history = history + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
+    notice = f" · ⚠️ {stream.notice}" if stream.notice else ""
+    for _ in stream:
+        history[-1] = {"role": "assistant", "content": stream.text}
+        yield history, "", f"generating…{notice}"
+    stats = stream.stats
+    status = f"{bot.spec.name}: {stats.new_tokens} tokens · first token {stats.ttft_s:.2f}s · {stats.decode_tokens_per_s:.1f} tok/s · prompt {stats.prompt_tokens} tokens{notice}"
+    yield history, "", status
+
+
+def build_chat_tab(demo: gr.Blocks) -> None:
+    """Lay out the tab inside the current gr.Blocks and wire its events."""
+    first_domain = DOMAINS[0]
+    with gr.Row():
+        domain = gr.Radio(list(DOMAINS), value=first_domain, label="Domain")
+        method = gr.Radio([(label, key) for key, label in METHODS.items()], value="prompt", label="Method")
+    status = gr.Markdown()
+    chatbot = gr.Chatbot(label="Conversation", height=420)
+    with gr.Row():
+        message = gr.Textbox(placeholder="Ask something…", show_label=False, scale=5, max_lines=6)
+        send = gr.Button("Send", variant="primary", scale=1)
+        stop = gr.Button("Stop", scale=1)
+        clear = gr.Button("Clear", scale=1)
+    examples = gr.Dataset(components=[message], samples=example_samples(first_domain), label="Example questions")
+    with gr.Accordion("Generation settings", open=False):
+        max_new_tokens = gr.Slider(16, 512, value=160, step=16, label="Max new tokens")
+        temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)")
+        top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p")
+        repetition_penalty = gr.Slider(1.0, 1.5, value=1.1, step=0.05, label="Repetition penalty (on the reply's own tokens)")
+    with gr.Accordion("What is this variant?", open=False):
+        description = gr.Markdown()
+
+    inputs = [message, chatbot, domain, method, max_new_tokens, temperature, top_p, repetition_penalty]
+    outputs = [chatbot, message, status]
+    submit_event = message.submit(respond, inputs, outputs, concurrency_limit=4, api_name="chat")
+    click_event = send.click(respond, inputs, outputs, concurrency_limit=4, api_visibility="private")
+    stop.click(None, None, None, cancels=[submit_event, click_event])
+    clear.click(lambda: ([], "", ""), None, [chatbot, message, status], queue=False)
+    examples.click(lambda sample: sample[0], examples, message, queue=False)
+
+    def show_variant(domain_value: str, method_value: str) -> tuple[str, str]:
+        name = variant_for(domain_value, method_value).name
+        return variant_status(name), describe_variant(domain_value, method_value)
+
+    domain.change(lambda d: gr.Dataset(samples=example_samples(d)), domain, examples, queue=False)
+    for control in (domain, method):
+        control.change(lambda d, m: ([], *show_variant(d, m)), [domain, method], [chatbot, status, description])
+    demo.load(show_variant, [domain, method], [status, description])

@@ -1,0 +1,49 @@
+"""Helpers shared by the UI tabs: registry look-ups and Gradio message formats."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from bots.bot import VariantSpec
+from bots.registry import VARIANTS, get_runtime
+from prompts import load_prompt_spec
+
+METHODS = {"lora": "LoRA adapter (fine-tuned)", "prompt": "Prompt template (system prompt + facts + few-shot)"}
+ChatHistory = list[dict[str, Any]]
+
+
+def variant_for(domain: str, method: str) -> VariantSpec:
+    """The registry entry for a domain and a method."""
+    for spec in VARIANTS.values():
+        if spec.domain == domain and spec.method == method:
+            return spec
+    raise gr.Error(f"No variant for domain '{domain}' and method '{method}'.")
+
+
+def message_text(content: Any) -> str:
+    """Gradio 6 gives message content as a string or a list of typed parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    if isinstance(content, dict):
+        return str(content.get("text", ""))
+    return ""
+
+
+def to_conversation(history: ChatHistory) -> list[dict[str, str]]:
+    """Chatbot history -> plain user/assistant messages for a bot."""
+    return [{"role": m["role"], "content": message_text(m["content"])} for m in history if m.get("role") in ("user", "assistant")]
+
+
+def example_samples(domain: str) -> list[list[str]]:
+    return [[question] for question in load_prompt_spec(domain).example_questions]
+
+
+def variant_status(name: str) -> str:
+    runtime = get_runtime()
+    bot = runtime.bot(name)
+    state = "available" if bot.availability.ok else f"**unavailable**: {bot.availability.reason}"
+    return f"`{name}` is {state}. Base model: {runtime.backbone.base.name}."
