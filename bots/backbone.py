@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from peft import PeftModel
 
 from bots.base_model import LoadedBase
@@ -152,6 +153,23 @@ class Backbone:
                 ids = self.encode(fixed + kept)
             truncated = len(last_ids) - len(self.tokenizer.encode(shortened, add_special_tokens=False))
         return TrimResult(ids, dropped, truncated)
+
+    # --- scoring --------------------------------------------------------------------------
+
+    def continuation_nll(self, prompt_ids: list[int], continuation_ids: list[int], adapter: str | None) -> tuple[float, int]:
+        """Summed negative log-likelihood of ``continuation_ids`` after ``prompt_ids``, and its token count.
+
+        exp(sum / count) is the perplexity of the continuation under this variant.
+        """
+        if not continuation_ids:
+            raise ValueError("nothing to score: the continuation is empty")
+        ids = torch.tensor([prompt_ids + continuation_ids], dtype=torch.long)
+        with self.lock, self._adapter_active(adapter), torch.inference_mode():
+            # Only the positions that predict the continuation need logits.
+            logits = self.model(input_ids=ids, logits_to_keep=len(continuation_ids) + 1).logits[0, :-1].float()
+        targets = torch.tensor(continuation_ids, dtype=torch.long)
+        nll = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+        return float(nll), len(continuation_ids)
 
     # --- generation -----------------------------------------------------------------------
 

@@ -198,3 +198,15 @@ def test_generation_is_serialised_across_threads(tiny_base: LoadedBase, tmp_path
         thread.join()
     assert together == alone
     assert json.dumps(alone)  # token ids are plain ints
+
+
+def test_continuation_nll_matches_a_full_forward_pass(tiny_base: LoadedBase) -> None:
+    backbone = Backbone(tiny_base)
+    prompt = tiny_base.tokenizer.encode("Returns are accepted")
+    continuation = tiny_base.tokenizer.encode(" within 30 days")
+    total, count = backbone.continuation_nll(prompt, continuation, None)
+    with torch.no_grad():
+        logits = tiny_base.model(input_ids=torch.tensor([prompt + continuation])).logits[0]
+    expected = torch.nn.functional.cross_entropy(logits[len(prompt) - 1 : -1], torch.tensor(continuation), reduction="sum")
+    assert count == len(continuation)
+    assert abs(total - float(expected)) < 1e-4
