@@ -7,6 +7,7 @@ run converts the GGUF, ~20 s). Marked `slow`; deselect with ``-m "not slow"``.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,14 +49,16 @@ def test_prompt_variant_knows_a_fact_from_its_sheet(runtime: Runtime) -> None:
     assert "30" in reply.text
 
 
-def test_cached_weights_equal_the_dequantised_gguf(runtime: Runtime) -> None:
+def test_conversion_into_a_fresh_cache_gives_the_gguf_model(runtime: Runtime, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
+    spec = BaseModelSpec(cache_dir=tmp_path)
+    converted = load_base(spec)
+    assert not converted.from_cache
+    assert converted.fingerprint == runtime.backbone.base.fingerprint
+    assert load_base(spec).from_cache  # the second start reads the cache
     gguf = embedded_gguf_path()
     direct = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
-    ids = torch.tensor([runtime.backbone.tokenizer.encode("Northwind Goods ships to the United States and Canada.")])
-    with torch.no_grad(), runtime.backbone.lock, runtime.backbone._adapter_active(None):
-        cached_logits = runtime.backbone.model(input_ids=ids).logits
+    ids = torch.tensor([converted.tokenizer.encode("Northwind Goods ships to the United States and Canada.")])
     with torch.no_grad():
-        direct_logits = direct(input_ids=ids).logits
-    assert torch.allclose(cached_logits, direct_logits, atol=1e-5)
+        assert torch.allclose(converted.model(input_ids=ids).logits, direct(input_ids=ids).logits, atol=1e-5)
