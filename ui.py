@@ -1,4 +1,4 @@
-"""Gradio UI of Tune or Prompt: chat with any of the four variants, streamed.
+"""Gradio UI of Tune or Prompt: chat with a variant, compare them side by side, vote blind, edit prompts.
 
     python ui.py                       # serves on 0.0.0.0:7860
     python ui.py --port 8080 --host 127.0.0.1 --base-model embedded
@@ -11,19 +11,24 @@ loaded once per process, before serving (``--no-preload``: on the first request)
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 
 import gradio as gr
 
 from bots.base_model import BaseModelSpec
 from bots.registry import get_runtime
+from webui.arena_tab import build_arena_tab
 from webui.chat_tab import build_chat_tab
+from webui.compare_tab import build_compare_tab
+from webui.lab_tab import build_lab_tab
 
 DEFAULT_PORT = 7860
 INTRO = (
     "# Tune or Prompt\nTwo domain chatbots, each built two ways on one small base model "
     "(SmolLM2-135M-Instruct): a **LoRA adapter** trained on domain dialogs, or a **prompt template** "
-    "with the same facts. Pick a domain and a method and chat."
+    "with the same facts. Chat with one variant, compare them side by side, judge them blind in the arena, "
+    "or edit the prompt variant in the prompt lab."
 )
 
 
@@ -32,6 +37,17 @@ def build_demo() -> gr.Blocks:
         gr.Markdown(INTRO)
         with gr.Tab("Chat"):
             build_chat_tab(demo)
+        with gr.Tab("Side by side"):
+            build_compare_tab(demo)
+        with gr.Tab("Arena"):
+            build_arena_tab(demo)
+        with gr.Tab("Prompt lab"):
+            build_lab_tab(demo)
+        if importlib.util.find_spec("webui.report_tab") is not None:  # the Report tab, once its module lands
+            from webui.report_tab import build_report_tab
+
+            with gr.Tab("Report"):
+                build_report_tab()
     demo.queue(max_size=32, default_concurrency_limit=4)
     return demo
 

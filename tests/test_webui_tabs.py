@@ -1,0 +1,172 @@
+"""The Side by side, Arena and Prompt lab handlers, served on loopback on the tiny model, over gradio_client."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from gradio_client import Client
+
+from bots.bot import PromptOverride
+from prompts import FewShotExample, load_prompt_spec
+from tests.ui_server import ServedUI, serve_tiny_ui
+from webui.arena_tab import draw_pair
+from webui.lab_tab import NO_CHANGES, few_shot_yaml
+from webui.votes import VoteStore, VoteStoreConfig
+
+SETTINGS = (16, 0.0, 0.95, 1.1, 0)  # max new tokens, temperature, top-p, repetition penalty, seed
+QUESTION = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedUI]:
+    with serve_tiny_ui(tmp_path_factory.mktemp("ui")) as server:
+        yield server
+
+
+@pytest.fixture()
+def client(served: ServedUI) -> Client:
+    return Client(served.url, verbose=False)  # a new client is a new browser session
+
+
+def _text(message: dict) -> str:
+    content = message["content"]
+    return content if isinstance(content, str) else "".join(part["text"] for part in content)
+
+
+def _transcript(history: list[dict]) -> list[tuple[str, str]]:
+    return [(m["role"], _text(m)) for m in history]
+
+
+# --- Side by side -------------------------------------------------------------------------------
+
+
+def test_side_by_side_streams_both_variants_of_a_domain_each_in_its_own_pane(served: ServedUI, client: Client) -> None:
+    job = client.submit("hello", "ecommerce", *SETTINGS, [], [], [], [], api_name="/compare")
+    updates = list(job)
+    textbox, lora, prompt, medical_lora, medical_prompt, *stats = job.outputs()[-1]
+    assert len(updates) > 4 and textbox == ""
+    for name, pane in (("ecommerce-lora", lora), ("ecommerce-prompt", prompt)):
+        expected = served.runtime.bots[name].reply(QUESTION, _settings())
+        assert _transcript(pane) == [("user", "hello"), ("assistant", expected.text.strip())]  # the Chatbot strips
+    assert medical_lora == [] and medical_prompt == []
+    assert all("first token" in line and "tok/s" in line and "16 tokens" in line for line in stats[:2])
+    # One after the other: the LoRA pane is done before the prompt pane starts, never both at once.
+    lora_stats, prompt_stats = [u[5] for u in updates], [u[6] for u in updates]
+    started = prompt_stats.index("generating…")
+    assert lora_stats[started].startswith("first token") and "generating…" in lora_stats[:started]
+    assert prompt_stats[:started].count("waiting for the model…") == started
+
+    # A second message: each pane sends its own history back.
+    second = client.predict("thanks", "ecommerce", *SETTINGS, lora, prompt, [], [], api_name="/compare")
+    assert [len(pane) for pane in second[1:5]] == [4, 4, 0, 0]
+    assert _transcript(second[1])[:2] == _transcript(lora)
+
+
+def test_side_by_side_all_four_reports_an_unavailable_variant_in_its_pane(client: Client) -> None:
+    textbox, *panes_and_stats = client.predict("hi", "all", *SETTINGS, [], [], [], [], api_name="/compare")
+    panes, stats = panes_and_stats[:4], panes_and_stats[4:]
+    assert [len(pane) for pane in panes] == [2, 2, 0, 2]  # medical-lora has no adapter in the test set-up
+    assert "unavailable" in stats[2] and "tok/s" in stats[3]
+    cleared = client.predict(api_name="/compare_clear")
+    assert list(cleared) == ["", [], [], [], [], "", "", "", ""]
+
+
+def test_side_by_side_refuses_an_empty_message_and_keeps_the_panes(client: Client) -> None:
+    history = [{"role": role, "content": [{"type": "text", "text": text}]} for role, text in (("user", "hi"), ("assistant", "Hello!"))]
+    textbox, lora, prompt, *_ = client.predict("  ", "ecommerce", *SETTINGS, history, history, [], [], api_name="/compare")
+    assert _transcript(lora) == _transcript(prompt) == [("user", "hi"), ("assistant", "Hello!")]
+
+
+# --- Arena --------------------------------------------------------------------------------------
+
+
+def test_pairs_are_seeded_per_round_and_come_in_both_orders() -> None:
+    assert draw_pair("ecommerce", 7) == draw_pair("ecommerce", 7)
+    orders = {draw_pair("ecommerce", seed) for seed in range(32)}
+    assert orders == {("ecommerce-lora", "ecommerce-prompt"), ("ecommerce-prompt", "ecommerce-lora")}
+
+
+def test_arena_round_vote_reveal_leaderboard_and_exports(served: ServedUI, client: Client) -> None:
+    store = VoteStore(VoteStoreConfig(served.votes_db))
+    before = len(store.votes())
+    # Voting before a round does nothing.
+    client.predict(api_name="/arena_vote_a")
+    assert len(store.votes()) == before
+
+    chat_a, chat_b, textbox, status, reveal = client.predict("my card is 4111 1111 1111 1111", "ecommerce", *SETTINGS, api_name="/arena_send")
+    assert _text(chat_a[0]) == _text(chat_b[0]) == "my card is 4111 1111 1111 1111"
+    assert "which one is better" in status and reveal == "" and textbox == ""
+
+    status, reveal, ecommerce_board, medical_board, csv_path, jsonl_path = client.predict(api_name="/arena_vote_b")
+    vote = store.votes()[-1]
+    assert len(store.votes()) == before + 1
+    assert f"Model A** was `{vote.variant_a}`" in reveal and f"Model B** was `{vote.variant_b}`" in reveal
+    assert {vote.variant_a, vote.variant_b} == {"ecommerce-lora", "ecommerce-prompt"}
+    assert vote.outcome == "b" and vote.message == "my card is **** **** **** ****"
+    assert (vote.reply_a, vote.reply_b) == (_text(chat_a[1]), _text(chat_b[1]))  # as shown: stripped
+    assert vote.settings["max_new_tokens"] == 16 and vote.round_seed > 0 and f"seed {vote.round_seed}" in reveal
+    rows = {row[1]: row for row in ecommerce_board["data"]}
+    assert rows[vote.variant_b][0] == 1 and rows[vote.variant_b][2] >= 1
+    assert all(row[2] == 0 for row in medical_board["data"])
+
+    # The vote is in both exports.
+    with open(csv_path, newline="", encoding="utf-8") as handle:
+        assert list(csv.DictReader(handle))[-1]["round_seed"] == str(vote.round_seed)
+    assert json.loads(Path(jsonl_path).read_text(encoding="utf-8").splitlines()[-1])["outcome"] == "b"
+
+    # One vote per round.
+    client.predict(api_name="/arena_vote_a")
+    assert len(store.votes()) == before + 1
+
+
+def test_arena_needs_both_variants_of_the_domain(client: Client) -> None:
+    chat_a, chat_b, textbox, status, reveal = client.predict("hi", "medical", *SETTINGS, api_name="/arena_send")
+    assert "medical-lora is unavailable" in status and textbox == "hi"
+
+
+# --- Prompt lab ---------------------------------------------------------------------------------
+
+
+def test_lab_edit_shows_a_diff_and_the_chat_uses_it_in_this_session_only(served: ServedUI, client: Client) -> None:
+    spec = load_prompt_spec("ecommerce")
+    shots = (FewShotExample("Where is my parcel?", "Check Account > Orders."),)
+    diff, status = client.predict("ecommerce", "You are a terse assistant.", few_shot_yaml(shots), api_name="/lab_apply")
+    assert "+  You are a terse assistant." in diff and f"-  {spec.system_prompt.split('. ')[0]}." in diff
+    assert "+  - user: Where is my parcel?" in diff and diff.startswith("--- prompts/ecommerce.yaml (shipped)")
+    assert "Using your edit" in status
+
+    history, textbox, chat_status = client.predict("hello", [], "ecommerce", *SETTINGS, api_name="/lab_chat")
+    expected = served.runtime.bots["ecommerce-prompt"].reply(QUESTION, _settings(), PromptOverride("You are a terse assistant.", shots))
+    assert _transcript(history) == [("user", "hello"), ("assistant", expected.text.strip())]
+    assert "with your edit" in chat_status
+
+    # Another session still sees the shipped template.
+    other = Client(served.url, verbose=False)
+    assert "shipped template" in other.predict("hello", [], "ecommerce", *SETTINGS, api_name="/lab_chat")[2]
+
+    # A broken edit is refused and the previous one stays in use.
+    _, status = client.predict("ecommerce", "x", "- user: only a question", api_name="/lab_apply")
+    assert "Not applied" in status and "previous edit" in status
+    assert "with your edit" in client.predict("hello", [], "ecommerce", *SETTINGS, api_name="/lab_chat")[2]
+
+    # Reset brings back the shipped texts, an empty diff and the shipped behaviour.
+    system_prompt, few_shot, diff, status, chat = client.predict("ecommerce", api_name="/lab_reset")
+    assert system_prompt == spec.system_prompt and few_shot == few_shot_yaml(spec.few_shot)
+    assert diff == NO_CHANGES and chat == []
+    assert "shipped template" in client.predict("hello", [], "ecommerce", *SETTINGS, api_name="/lab_chat")[2]
+
+
+def test_lab_edit_identical_to_the_shipped_template_is_no_edit(client: Client) -> None:
+    spec = load_prompt_spec("medical")
+    diff, status = client.predict("medical", spec.system_prompt, few_shot_yaml(spec.few_shot), api_name="/lab_apply")
+    assert diff == NO_CHANGES and "shipped template" in status
+
+
+def _settings():
+    from bots.generation import GenerationSettings
+
+    return GenerationSettings(*SETTINGS)

@@ -1,0 +1,73 @@
+"""One variant answering one message in its own chat pane, and the generation-settings controls.
+
+Shared by the Side by side, Arena and Prompt lab tabs: a PaneTurn appends the user's message
+and a growing assistant message to a pane's history while the reply streams, and formats
+the reply's timings. Nothing here runs by itself; the tabs call it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import gradio as gr
+
+from bots.bot import Bot, PromptOverride, ReplyStream, VariantUnavailable
+from bots.generation import GenerationSettings
+from webui.common import ChatHistory, to_conversation
+
+TURN_ERRORS: tuple[type[Exception], ...] = (ValueError, VariantUnavailable)
+"""What a bad request raises before generation starts: ConversationError and SettingsError are
+ValueErrors, and so is a prompt-lab edit whose fixed prompt no longer fits the context."""
+
+
+def build_settings_controls() -> list[gr.components.Component]:
+    """The decoding controls, in GenerationSettings order; lay them out inside an open Blocks context."""
+    defaults = GenerationSettings()
+    return [
+        gr.Slider(16, 512, value=defaults.max_new_tokens, step=16, label="Max new tokens"),
+        gr.Slider(0.0, 1.5, value=defaults.temperature, step=0.05, label="Temperature (0 = greedy)"),
+        gr.Slider(0.05, 1.0, value=defaults.top_p, step=0.05, label="Top-p"),
+        gr.Slider(1.0, 1.5, value=defaults.repetition_penalty, step=0.05, label="Repetition penalty (on the reply's own tokens)"),
+        gr.Number(value=defaults.seed, precision=0, minimum=0, label="Seed (matters when temperature > 0)"),
+    ]
+
+
+SETTINGS_COUNT = 5
+
+
+def settings_from(max_new_tokens: float, temperature: float, top_p: float, repetition_penalty: float, seed: float | None) -> GenerationSettings:
+    """Control values -> validated settings (raises SettingsError, a ValueError)."""
+    return GenerationSettings(int(max_new_tokens), float(temperature), float(top_p), float(repetition_penalty), int(seed or 0)).validate()
+
+
+def settings_record(settings: GenerationSettings) -> dict[str, object]:
+    return asdict(settings)
+
+
+@dataclass
+class PaneTurn:
+    """A reply in progress in one pane; ``history`` grows as ``stream`` yields."""
+
+    name: str
+    history: ChatHistory
+    stream: ReplyStream
+
+    @classmethod
+    def start(cls, bot: Bot, history: ChatHistory, message: str, settings: GenerationSettings, override: PromptOverride | None = None) -> "PaneTurn":
+        """Check and render the request (raises one of TURN_ERRORS); generation starts on iteration."""
+        history = list(history or [])
+        stream = bot.stream(to_conversation(history) + [{"role": "user", "content": message or ""}], settings, override)
+        grown = history + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
+        return cls(bot.spec.name, grown, stream)
+
+    def updates(self) -> Iterator[ChatHistory]:
+        """The pane's history after each streamed piece (holds the model until exhausted or closed)."""
+        for _ in self.stream:
+            self.history[-1] = {"role": "assistant", "content": self.stream.text}
+            yield self.history
+
+    def stats_line(self) -> str:
+        stats = self.stream.stats
+        line = f"first token {stats.ttft_s:.2f} s · {stats.decode_tokens_per_s:.1f} tok/s · {stats.new_tokens} tokens"
+        return line + (f" · ⚠️ {self.stream.notice}" if self.stream.notice else "")
