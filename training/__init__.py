@@ -1,0 +1,1 @@
+"""Tune or Prompt: LoRA training of the domain chatbots and its data (see training/dialogs.py, training/datagen)."""
