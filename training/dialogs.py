@@ -23,24 +23,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+from prompts import load_prompt_spec
+
 DOMAINS: tuple[str, ...] = ("ecommerce", "medical")
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 DATA_DIR = Path(__file__).resolve().parent / "data"
 ROLES = ("system", "user", "assistant")
 
-# The LoRA bots' short system prompts: no facts, the adapter must have learned them.
-# Kept identical to `lora_system_prompt` in prompts/<domain>.yaml.
-LORA_SYSTEM_PROMPTS: dict[str, str] = {
-    "ecommerce": (
-        "You are Northwind Assistant, the customer support assistant of Northwind Goods, an online "
-        "home and outdoor store. Answer shopping questions in a friendly, concise way with concrete "
-        "next steps."
-    ),
-    "medical": (
-        "You are CareCompass, a general health information assistant. Answer in calm, clear, plain "
-        "language. Emergencies come first; give general information, not a diagnosis."
-    ),
-}
+# The LoRA bots' short system prompts (no facts: the adapter must have learned them) are
+# data in prompts/<domain>.yaml, the single source of truth for both methods.
+LORA_SYSTEM_PROMPTS: dict[str, str] = {domain: load_prompt_spec(domain).lora_system_prompt for domain in DOMAINS}
 
 
 class DialogFileError(ValueError):
