@@ -1,0 +1,85 @@
+"""Measure bots.safety.detect_emergency on a labelled set of messages (data: emergency_labelled.jsonl).
+
+    python -m bots.safety_eval                       # the shipped set
+    python -m bots.safety_eval --file other.jsonl    # any file of {"text", "label", "red_flag"?} lines
+
+The labelling policy is in bots/safety_eval/README.md.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bots.safety import detect_emergency
+
+LABELLED_SET = Path(__file__).resolve().with_name("emergency_labelled.jsonl")
+LABELS = ("emergency", "ordinary")
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: str
+    red_flag: str | None = None
+
+
+@dataclass
+class EvalResult:
+    """Confusion counts of the detector (positive = emergency) and the messages it got wrong."""
+
+    true_positives: int = 0
+    false_positives: int = 0
+    false_negatives: int = 0
+    true_negatives: int = 0
+    missed: list[Example] = field(default_factory=list)
+    false_alarms: list[tuple[Example, str]] = field(default_factory=list)
+    other_flag: list[tuple[Example, str]] = field(default_factory=list)
+    """Emergencies caught under another red flag than labelled (still counted as caught)."""
+
+    @property
+    def recall(self) -> float:
+        positives = self.true_positives + self.false_negatives
+        return self.true_positives / positives if positives else 1.0
+
+    @property
+    def precision(self) -> float:
+        flagged = self.true_positives + self.false_positives
+        return self.true_positives / flagged if flagged else 1.0
+
+    @property
+    def total(self) -> int:
+        return self.true_positives + self.false_positives + self.false_negatives + self.true_negatives
+
+
+def load_labelled(path: Path = LABELLED_SET) -> list[Example]:
+    examples = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        if record.get("label") not in LABELS or not isinstance(record.get("text"), str):
+            raise ValueError(f"{path}:{number}: expected text and a label in {LABELS}")
+        examples.append(Example(record["text"], record["label"], record.get("red_flag")))
+    return examples
+
+
+def evaluate(examples: list[Example]) -> EvalResult:
+    result = EvalResult()
+    for example in examples:
+        match = detect_emergency(example.text)
+        if example.label == "emergency":
+            if match is None:
+                result.false_negatives += 1
+                result.missed.append(example)
+                continue
+            result.true_positives += 1
+            if example.red_flag and match.red_flag != example.red_flag:
+                result.other_flag.append((example, match.red_flag))
+        elif match is None:
+            result.true_negatives += 1
+        else:
+            result.false_positives += 1
+            result.false_alarms.append((example, f"{match.red_flag}: {match.matched}"))
+    return result
