@@ -18,10 +18,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from bots.bot import VariantUnavailable
 from bots.registry import DOMAINS, VARIANTS, get_runtime
 from prompts import load_prompt_spec
-from webui.leaderboard import TABLE_HEADERS, standings, standings_table
+from webui.leaderboard import TABLE_HEADERS, LeaderboardConfig, standings, standings_table
 from webui.turns import SETTINGS_COUNT, TURN_ERRORS, PaneTurn, build_settings_controls, settings_from, settings_record
 from webui.votes import OUTCOMES, Vote, default_store, export_csv, export_jsonl
 
@@ -71,14 +70,10 @@ def arena_send(message: str, domain: str, *settings_and_round: object) -> Iterat
     runtime = get_runtime()
     try:
         settings = settings_from(*settings_values)
-        for name in (variant_a, variant_b):
-            bot = runtime.bot(name)
-            if not bot.availability.ok:
-                raise VariantUnavailable(f"the {domain} arena needs both variants, but {name} is unavailable: {bot.availability.reason}")
         turns = [PaneTurn.start(runtime.bot(name), [], message, settings) for name in (variant_a, variant_b)]
     except TURN_ERRORS as exc:
         gr.Warning(str(exc))
-        yield gr.skip(), gr.skip(), message, f"⚠️ {exc}", gr.skip(), previous
+        yield gr.skip(), gr.skip(), message, f"⚠️ No round: {exc}", gr.skip(), previous
         return
     chats: list[list] = [turn.history for turn in turns]
     # No round until both replies are complete: a vote before that is refused.
@@ -138,11 +133,12 @@ def build_arena_tab(demo: gr.Blocks) -> None:
     with gr.Row():
         vote_buttons = {outcome: gr.Button(label, elem_id=f"arena-vote-{outcome}") for outcome, label in OUTCOMES.items()}
     revealed = gr.Markdown(elem_id="arena-reveal")
-    with gr.Accordion("Generation settings (the same for both models)", open=False):
+    with gr.Accordion("Generation settings (the same for both models)", open=False, elem_id="arena-settings"):
         settings = build_settings_controls()
     gr.Markdown(
         "### Leaderboard\nWin rate counts ties and both-bad verdicts as half a win. The Bradley-Terry rating (Elo scale, "
-        "mean 1000) is fitted on the votes; its interval comes from 200 bootstrap resamples of the votes."
+        f"mean 1000) is fitted on the votes; its interval comes from {LeaderboardConfig().bootstrap_rounds} bootstrap resamples "
+        "of the votes (with only a handful of votes the interval is too narrow to trust)."
     )
     tables = []
     for d in DOMAINS:

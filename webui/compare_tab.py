@@ -50,22 +50,23 @@ def compare(message: str, scope: str, *settings_and_histories: object) -> Iterat
 
     names = variants_in(scope)
     runtime = get_runtime()
-    turns: list[PaneTurn] = []
     try:
         settings = settings_from(*settings_values)
-        for name in names:
-            bot = runtime.bot(name)
-            if not bot.availability.ok:
-                stats[name] = f"⚠️ unavailable: {bot.availability.reason}"
-                continue
-            turns.append(PaneTurn.start(bot, panes[name], message, settings))
     except TURN_ERRORS as exc:
         gr.Warning(str(exc))
-        for name in names:
-            stats[name] = f"⚠️ {exc}"
+        stats.update({name: f"⚠️ {exc}" for name in names})
         yield frame(message)
         return
+    turns: list[PaneTurn] = []
+    problems: list[str] = []  # one variant's problem (unavailable, prompt too long) does not stop the others
+    for name in names:
+        try:
+            turns.append(PaneTurn.start(runtime.bot(name), panes[name], message, settings))
+        except TURN_ERRORS as exc:
+            stats[name] = f"⚠️ {exc}"
+            problems.append(str(exc))
     if not turns:
+        gr.Warning("; ".join(dict.fromkeys(problems)))
         yield frame(message)
         return
     for turn in turns:
@@ -104,7 +105,7 @@ def build_compare_tab(demo: gr.Blocks) -> None:
         send = gr.Button("Send to all", variant="primary", scale=1, elem_id="compare-send")
         stop = gr.Button("Stop", scale=1)
         clear = gr.Button("Clear all", scale=1, elem_id="compare-clear")
-    with gr.Accordion("Generation settings (the same for every variant)", open=False):
+    with gr.Accordion("Generation settings (the same for every variant)", open=False, elem_id="compare-settings"):
         settings = build_settings_controls()
 
     panes = [chatbots[name] for name in PANES]

@@ -143,7 +143,8 @@ def build_lab_tab(demo: gr.Blocks) -> None:
             with gr.Row():
                 reset = gr.Button("Reset to the shipped template", elem_id="lab-reset")
             lab_status = gr.Markdown("Using the shipped template.", elem_id="lab-status")
-            diff = gr.Code(NO_CHANGES, language=None, label="Diff against the shipped template", interactive=False, elem_id="lab-diff")
+            diff = gr.Code(NO_CHANGES, language=None, label="Diff against the shipped template", interactive=False, wrap_lines=True, lines=8,
+                           elem_id="lab-diff")
         with gr.Column():
             chatbot = gr.Chatbot(label="Try it (prompt variant)", height=420, elem_id="lab-chat")
             with gr.Row():
@@ -151,13 +152,13 @@ def build_lab_tab(demo: gr.Blocks) -> None:
                 send = gr.Button("Send", variant="primary", scale=1, elem_id="lab-send")
                 clear = gr.Button("Clear", scale=1)
             chat_status = gr.Markdown(elem_id="lab-chat-status")
-            with gr.Accordion("Generation settings", open=False):
+            with gr.Accordion("Generation settings", open=False, elem_id="lab-settings"):
                 settings = build_settings_controls()
 
     edit_inputs = [domain, system_prompt, few_shot, draft]
     edit_outputs = [draft, diff, lab_status]
-    # .input: only the user's typing (reset and domain changes set the boxes themselves).
-    gr.on([system_prompt.input, few_shot.input], apply_edits, edit_inputs, edit_outputs, trigger_mode="always_last", api_name="lab_apply")
+    # .change rather than .input: it also sees pasted or script-filled text; after a reset it finds the shipped texts, a no-op.
+    gr.on([system_prompt.change, few_shot.change], apply_edits, edit_inputs, edit_outputs, trigger_mode="always_last", api_name="lab_apply")
     reset_outputs = [system_prompt, few_shot, draft, diff, lab_status, chatbot]
     reset.click(reset_lab, domain, reset_outputs, api_name="lab_reset")
     domain.change(reset_lab, domain, reset_outputs, api_visibility="private")

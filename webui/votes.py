@@ -3,7 +3,7 @@
 The file lives at ``$TOP_VOTES_DB`` or, by default, ``$XDG_DATA_HOME/tune-or-prompt/votes.sqlite3``
 (``~/.local/share/...``). Every vote is one row written in its own transaction, so a process
 killed mid-write leaves the file readable with every vote committed before it. Payment-card-like
-numbers (13 to 19 digits) are masked before anything is stored.
+numbers (13 to 19 digits) and CVVs are masked before anything is stored (bots.safety.mask_card_numbers).
 
     python -m webui.votes                  # where the file is, and the vote count per domain
     python -m webui.votes --csv out.csv    # export every vote (also --jsonl out.jsonl)
@@ -15,7 +15,6 @@ import argparse
 import csv
 import json
 import os
-import re
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import closing, contextmanager
@@ -24,6 +23,8 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+
+from bots.safety import mask_card_numbers
 
 ENV_VOTES_DB = "TOP_VOTES_DB"
 APP_DIR = "tune-or-prompt"
@@ -51,20 +52,9 @@ MIGRATIONS: tuple[str, ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-# 13-19 digits, optionally grouped by single spaces or dashes, not part of a longer digit run.
-_CARD_LIKE = re.compile(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)")
-
 
 class VoteStoreError(RuntimeError):
     """The votes file cannot be used (for example it was written by a newer version)."""
-
-
-def mask_card_numbers(text: str) -> str:
-    """Replace every digit of a card-like number with '*' (separators stay, so the shape is kept).
-
-    A local masker: bots/safety.py (with its own mask_card_numbers) did not exist when this was written.
-    """
-    return _CARD_LIKE.sub(lambda match: re.sub(r"\d", "*", match.group()), text)
 
 
 def utc_now() -> str:
