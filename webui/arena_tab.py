@@ -8,10 +8,11 @@ domain (webui/leaderboard.py) and the CSV/JSONL exports are refreshed after ever
 
 from __future__ import annotations
 
+import os
 import random
 import secrets
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -75,11 +76,12 @@ def arena_send(message: str, domain: str, *settings_and_round: object) -> Iterat
         gr.Warning(str(exc))
         yield gr.skip(), gr.skip(), message, f"⚠️ No round: {exc}", gr.skip(), previous
         return
-    chats: list[list] = [turn.history for turn in turns]
+    chats = [turn.history for turn in turns]
     # No round until both replies are complete: a vote before that is refused.
-    for side, turn in zip(SIDES, turns):
+    yield chats[0], chats[1], "", "Model A is answering…", "", None
+    for index, (side, turn) in enumerate(zip(SIDES, turns)):
         for history in turn.updates():
-            chats[SIDES.index(side)] = history
+            chats[index] = history
             yield chats[0], chats[1], "", f"Model {side} is answering…", "", None
     round_ = ArenaRound(domain, seed, variant_a, variant_b, turns[0].history[0]["content"], turns[0].stream.text.strip(), turns[1].stream.text.strip(),
                         turns[0].stats_line(), turns[1].stats_line(), settings_record(settings))
@@ -94,7 +96,7 @@ def reveal(round_: ArenaRound) -> str:
 
 
 def cast_vote(outcome: str, round_: ArenaRound | None) -> tuple[object, ...]:
-    """Store the verdict and reveal the names. Yields (round, status, reveal, *leaderboards, csv, jsonl)."""
+    """Store the verdict and reveal the names. Returns (round, status, reveal, *leaderboards, csv, jsonl)."""
     if round_ is None:
         gr.Warning("Send a message first, and wait for both answers.")
         return (round_, gr.skip(), gr.skip(), *leaderboard_outputs())
@@ -110,12 +112,20 @@ def cast_vote(outcome: str, round_: ArenaRound | None) -> tuple[object, ...]:
 _EXPORT_DIR = Path(tempfile.mkdtemp(prefix="tune-or-prompt-votes-"))
 
 
+def _export(votes: list[Vote], name: str, write: Callable[[list[Vote], Path], Path]) -> Path:
+    """Write a fresh export under a temporary name, then swap it in: sessions never read a half-written file."""
+    final = _EXPORT_DIR / name
+    with tempfile.NamedTemporaryFile(dir=_EXPORT_DIR, prefix=f".{name}.", delete=False) as handle:
+        partial = Path(handle.name)
+    os.replace(write(votes, partial), final)
+    return final
+
+
 def leaderboard_outputs() -> tuple[object, ...]:
     """One table per domain, then fresh CSV and JSONL exports of every vote."""
-    store = default_store()
-    votes = store.votes()
+    votes = default_store().votes()
     tables = [standings_table(standings([v for v in votes if v.domain == domain], domain_variants(domain))) for domain in DOMAINS]
-    return (*tables, export_csv(votes, _EXPORT_DIR / "votes.csv"), export_jsonl(votes, _EXPORT_DIR / "votes.jsonl"))
+    return (*tables, _export(votes, "votes.csv", export_csv), _export(votes, "votes.jsonl", export_jsonl))
 
 
 def build_arena_tab(demo: gr.Blocks) -> None:
