@@ -1,0 +1,76 @@
+"""The load test (bots/loadtest.py) against the UI served on loopback, on the tiny model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from bots import loadtest
+from bots.base_model import LoadedBase
+from bots.registry import VARIANTS, Runtime, set_runtime
+from tests.tiny_model import save_tiny_adapter
+
+
+@pytest.fixture()
+def tiny_runtime(tiny_base: LoadedBase, tmp_path: Path) -> Iterator[Runtime]:
+    # Only the ecommerce adapter: medical-lora is unavailable and must be skipped.
+    save_tiny_adapter(tmp_path / "ecommerce")
+    runtime = Runtime.from_base(tiny_base, tmp_path)
+    set_runtime(runtime)
+    try:
+        yield runtime
+    finally:
+        set_runtime(None)
+
+
+def test_concurrent_sessions_lose_and_mix_nothing(tiny_runtime: Runtime) -> None:
+    with loadtest.serve_ui() as url:
+        report = loadtest.run(url, sessions=4, total_requests=8, duration_s=60, max_new_tokens=16, timeout_s=60)
+        assert report.ok, loadtest.format_report(report)
+        assert len(report.outcomes) == len(report.completed) == 8
+        assert not report.failed and not report.lost and not report.mismatches
+        assert set(report.unavailable) == {"medical-lora"}
+        assert {o.request.variant for o in report.outcomes} == {"ecommerce-lora", "ecommerce-prompt", "medical-prompt"}
+        assert len({o.session for o in report.outcomes}) > 1  # really concurrent sessions
+        assert 0 < report.latency(0.5) <= report.latency(0.95)
+        # The replay check can fail: a reply that is not what the request gives alone is a mismatch.
+        first = report.completed[0]
+        tampered = [first, replace(first, reply=first.reply + " (from another session)")]
+        assert len(loadtest.replay_mismatches(url, tampered, 16, 60)) == 1
+        lost = replace(first, reply=None, lost=True, error="no answer")
+        report.outcomes.append(lost)
+        assert not report.ok and "LOST" in loadtest.format_report(report)
+
+
+def test_command_line_serves_the_ui_itself(tiny_runtime: Runtime, capsys: pytest.CaptureFixture[str]) -> None:
+    assert loadtest.main(["--serve", "--sessions", "2", "--requests", "4", "--max-new-tokens", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "sent 4, completed 4, failed 0" in out and "lost 0" in out
+    assert "p50" in out and "p95" in out and "OK: nothing lost, nothing mixed" in out
+
+
+def test_only_loopback_targets_are_accepted() -> None:
+    loadtest.require_loopback("http://127.0.0.1:7860/")
+    loadtest.require_loopback("http://localhost:7860/")
+    with pytest.raises(ValueError, match="loopback"):
+        loadtest.require_loopback("http://8.8.8.8:7860/")
+    assert loadtest.main(["--url", "http://10.1.2.3:7860/", "--sessions", "1"]) == 2
+
+
+def test_plan_cycles_variants_and_questions() -> None:
+    requests = loadtest.plan(["ecommerce-prompt", "medical-prompt"], 6)
+    assert [r.variant for r in requests] == ["ecommerce-prompt", "medical-prompt"] * 3
+    assert all(r.domain == VARIANTS[r.variant].domain and r.method == VARIANTS[r.variant].method for r in requests)
+    assert len({r.message for r in requests if r.variant == "ecommerce-prompt"}) == 3  # different questions
+
+
+def test_latency_quantiles_use_completed_requests_only() -> None:
+    request = loadtest.ChatRequest("ecommerce-prompt", "ecommerce", "prompt", "hi")
+    report = loadtest.LoadReport(sessions=1, planned=5)
+    report.outcomes = [loadtest.Outcome(request, 0, latency_s=float(s), reply="x") for s in (1, 2, 3, 4)]
+    report.outcomes.append(loadtest.Outcome(request, 0, latency_s=99.0, error="busy: Queue is full!", busy=True))
+    assert (report.latency(0.5), report.latency(0.95)) == (2.0, 4.0)
+    assert len(report.busy) == len(report.failed) == 1 and not report.ok
