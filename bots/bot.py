@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from itertools import chain
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bots.backbone import Backbone
 from bots.conversation import clean_conversation
 from bots.generation import GenerationSettings, GenerationStats
+from bots.safety import Screening, screen
 from prompts import FewShotExample, PromptSpec, render_lora, render_prompted
 
 Message = dict[str, str]
@@ -33,6 +35,8 @@ class VariantSpec:
     method: str
     """'lora' or 'prompt'."""
     label: str
+    emergency_guard: bool = False
+    """Open the reply with the escalation when a message matches a red flag (bots/safety.py)."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,9 @@ class ReplyStream:
     pieces: Iterator[str]
     stats: GenerationStats
     notice: str = ""
+    """Context trimming, if any, for the user to see."""
+    guard_note: str = ""
+    """What a safety guard did to this reply ('' when none acted)."""
     text: str = ""
 
     def __iter__(self) -> Iterator[str]:
@@ -97,21 +104,40 @@ class Bot(ABC):
     def describe(self) -> str:
         """Markdown shown in the UI: what this variant is."""
 
-    def stream(self, conversation: list[Message], settings: GenerationSettings | None = None, override: PromptOverride | None = None) -> ReplyStream:
+    def stream(self, conversation: list[Message], settings: GenerationSettings | None = None, override: PromptOverride | None = None, guard: bool = True) -> ReplyStream:
+        """Stream the reply; ``guard=False`` switches the model-independent safety guards off."""
         if not self.availability.ok:
             raise VariantUnavailable(f"{self.spec.name} is unavailable: {self.availability.reason}")
         settings = (settings or GenerationSettings()).validate()
         conversation = clean_conversation(conversation)
+        screening = screen(self.spec.domain, conversation[-1]["content"]) if guard else None
+        if screening and screening.canned_reply:
+            # Injection or clearly off-topic: answered without the model.
+            stats = GenerationStats(stopped_by="guard")
+            return ReplyStream(iter([screening.canned_reply]), stats, guard_note=_guard_note(screening))
+        prefix = screening.prefix if screening and self.spec.emergency_guard else ""
         messages = self.render(conversation, override)
         fixed = messages[: len(messages) - len(conversation)]
         trimmed = self.backbone.fit_to_context(fixed, messages[len(fixed) :], settings.max_new_tokens)
         stats = GenerationStats()
-        pieces = self.backbone.stream(trimmed.prompt_ids, self.adapter, settings, stats)
-        return ReplyStream(pieces, stats, trimmed.notice)
+        if not prefix:
+            return ReplyStream(self.backbone.stream(trimmed.prompt_ids, self.adapter, settings, stats), stats, trimmed.notice)
+        # The escalation opens the reply and the model continues after it, so what follows reads on.
+        prefix_ids = self.backbone.tokenizer.encode(prefix, add_special_tokens=False)
+        pieces = chain([prefix], self.backbone.stream(trimmed.prompt_ids + prefix_ids, self.adapter, settings, stats))
+        return ReplyStream(pieces, stats, trimmed.notice, _guard_note(screening))
 
-    def reply(self, conversation: list[Message], settings: GenerationSettings | None = None, override: PromptOverride | None = None) -> ReplyStream:
+    def reply(self, conversation: list[Message], settings: GenerationSettings | None = None, override: PromptOverride | None = None, guard: bool = True) -> ReplyStream:
         """The whole reply at once (a consumed stream)."""
-        return self.stream(conversation, settings, override).consume()
+        return self.stream(conversation, settings, override, guard).consume()
+
+
+def _guard_note(screening: Screening) -> str:
+    if screening.emergency:
+        return f"Emergency guard acted (red flag: {screening.emergency.red_flag.replace('_', ' ')}): the reply opens with the escalation."
+    if screening.injection:
+        return "Injection guard acted: the message looked like an attempt to change the bot's instructions; a fixed reply was sent."
+    return "Out-of-scope guard acted: the message is unrelated to this bot; a fixed redirect was sent."
 
 
 class PromptedBot(Bot):

@@ -27,8 +27,8 @@ VARIANTS: dict[str, VariantSpec] = {
     for spec in (
         VariantSpec("ecommerce-lora", "ecommerce", "lora", "E-commerce · LoRA adapter"),
         VariantSpec("ecommerce-prompt", "ecommerce", "prompt", "E-commerce · prompt template"),
-        VariantSpec("medical-lora", "medical", "lora", "Medical · LoRA adapter"),
-        VariantSpec("medical-prompt", "medical", "prompt", "Medical · prompt template"),
+        VariantSpec("medical-lora", "medical", "lora", "Medical · LoRA adapter", emergency_guard=True),
+        VariantSpec("medical-prompt", "medical", "prompt", "Medical · prompt template", emergency_guard=True),
     )
 }
 BOT_CLASSES: dict[str, type[Bot]] = {"lora": LoraBot, "prompt": PromptedBot}

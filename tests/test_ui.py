@@ -65,3 +65,12 @@ def test_handler_refuses_bad_settings_without_losing_anything(served: tuple[Clie
     history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!"}]
     outputs = list(respond("next?", history, "medical", "prompt", -3, 0.0, 0.95, 1.1))
     assert outputs == [(history, "next?", "⚠️ max_new_tokens must be an integer from 1 to 1024")]
+
+
+def test_the_status_says_when_the_emergency_guard_acted(served: tuple[Client, Runtime]) -> None:
+    client, _ = served
+    message = "my dad's face is drooping and he can't lift his arm"
+    history, _, status = client.predict(message, [], "medical", "prompt", 16, 0.0, 0.95, 1.1, True, api_name="/chat")
+    assert "Emergency guard acted" in status and "911" in _text(history[1])
+    history, _, status = client.predict(message, [], "medical", "prompt", 16, 0.0, 0.95, 1.1, False, api_name="/chat")
+    assert "guard" not in status

@@ -17,19 +17,19 @@ def describe_variant(domain: str, method: str) -> str:
     return get_runtime().bot(variant_for(domain, method).name).describe()
 
 
-def respond(message: str, history: ChatHistory, domain: str, method: str, max_new_tokens: float, temperature: float, top_p: float, repetition_penalty: float) -> Iterator[tuple[ChatHistory, str, str]]:
+def respond(message: str, history: ChatHistory, domain: str, method: str, max_new_tokens: float, temperature: float, top_p: float, repetition_penalty: float, guard: bool = True) -> Iterator[tuple[ChatHistory, str, str]]:
     """Stream the selected variant's reply into the chat; errors keep the history and the text."""
     history = list(history or [])
     try:
         settings = GenerationSettings(int(max_new_tokens), float(temperature), float(top_p), float(repetition_penalty)).validate()
         bot = get_runtime().bot(variant_for(domain, method).name)
-        stream = bot.stream(to_conversation(history) + [{"role": "user", "content": message or ""}], settings)
+        stream = bot.stream(to_conversation(history) + [{"role": "user", "content": message or ""}], settings, guard=bool(guard))
     except (ConversationError, SettingsError, VariantUnavailable) as exc:
         gr.Warning(str(exc))
         yield history, message, f"⚠️ {exc}"
         return
     history = history + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
-    notice = f" · ⚠️ {stream.notice}" if stream.notice else ""
+    notice = "".join(f" · ⚠️ {note}" for note in (stream.notice, stream.guard_note) if note)
     for _ in stream:
         history[-1] = {"role": "assistant", "content": stream.text}
         yield history, "", f"generating…{notice}"
@@ -57,10 +57,11 @@ def build_chat_tab(demo: gr.Blocks) -> None:
         temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)")
         top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p")
         repetition_penalty = gr.Slider(1.0, 1.5, value=1.1, step=0.05, label="Repetition penalty (on the reply's own tokens)")
+        guard = gr.Checkbox(value=True, label="Safety guards (emergency escalation first, injection and off-topic replies); off shows the model alone")
     with gr.Accordion("What is this variant?", open=False):
         description = gr.Markdown()
 
-    inputs = [message, chatbot, domain, method, max_new_tokens, temperature, top_p, repetition_penalty]
+    inputs = [message, chatbot, domain, method, max_new_tokens, temperature, top_p, repetition_penalty, guard]
     outputs = [chatbot, message, status]
     submit_event = message.submit(respond, inputs, outputs, concurrency_limit=4, api_name="chat")
     click_event = send.click(respond, inputs, outputs, concurrency_limit=4, api_visibility="private")
