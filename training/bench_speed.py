@@ -1,10 +1,10 @@
 """Measure LoRA training speed: a naive loop against our Trainer path, in real tokens per second.
 
-    python -m training.bench_speed                 # ecommerce data, ~4-5 minutes on 2 cores
+    python -m training.bench_speed                 # ecommerce data, ~3-5 minutes on 2 cores
     python -m training.bench_speed --steps 3 --domain medical
 
-Both runs use the embedded base model, a LoRA with r=16 on all linear layers, AdamW, fp32
-and the same real training dialogs; only real (non-padding) tokens count.
+Both runs use the embedded base model, the domain yaml's LoRA (r=16 on all linear layers),
+AdamW, fp32 and the same real training dialogs; only real (non-padding) tokens count.
 
 * naive: random batches of 8 dialogs padded (or cut) to 256 tokens, the model's own loss on
   full logits (49,152 per position), a plain ``torch.optim.AdamW`` loop;
@@ -29,7 +29,7 @@ from transformers import TrainerCallback
 
 from bots.base_model import BaseModelSpec, load_base
 from training.collate import IGNORE_INDEX, tokenize_dialog
-from training.config import default_config_path, load_config
+from training.config import TrainConfig, default_config_path, load_config
 from training.train import attach_lora, make_trainer, read_splits, tokenize_split
 
 
@@ -63,12 +63,13 @@ def naive_batch(dialogs: Sequence[dict], tokenizer, width: int) -> dict[str, tor
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def bench_naive(dialogs: list[dict], steps: int, batch_size: int = 8, width: int = 256, seed: int = 0) -> Speed:
-    base = load_base(BaseModelSpec.from_env())
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM")
+def bench_naive(config: TrainConfig, dialogs: list[dict], steps: int, batch_size: int = 8, width: int = 256, seed: int = 0) -> Speed:
+    """The naive loop, with the same LoRA (rank, targets, dropout) as ours so only the mechanics differ."""
+    base = load_base(BaseModelSpec.from_env(source=config.base_model))
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, target_modules=list(config.target_modules), task_type="CAUSAL_LM")
     model = get_peft_model(base.model, lora)
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
     rng = random.Random(seed)
     real = padded = 0
     started = 0.0
@@ -118,8 +119,8 @@ def bench_ours(domain: str, steps: int, work_dir: Path, seed: int = 0) -> Speed:
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.bench_speed", description=__doc__.split("\n\n")[0])
     parser.add_argument("--domain", default="ecommerce", help="whose training dialogs to use")
-    parser.add_argument("--steps", type=int, default=2, help="timed naive steps (8 x 256 tokens each, ~1 min each here)")
-    parser.add_argument("--our-steps", type=int, default=6, help="timed steps of our Trainer path")
+    parser.add_argument("--steps", type=int, default=4, help="timed naive steps (8 x 256 tokens each)")
+    parser.add_argument("--our-steps", type=int, default=12, help="timed steps of our Trainer path (8 dialogs each)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work-dir", type=Path, default=Path(__file__).resolve().parent.parent / "artifacts" / "bench")
     return parser
@@ -131,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> float:
     torch.manual_seed(0)
     config = load_config(default_config_path(args.domain))
     dialogs = read_splits(config).dialogs["train"]
-    naive = bench_naive(dialogs, args.steps)
+    print(f"LoRA r={config.lora_r} on {', '.join(config.target_modules)}, dropout {config.lora_dropout}, AdamW, fp32, {args.threads} threads", flush=True)
+    naive = bench_naive(config, dialogs, args.steps)
     print(f"naive: {naive.describe()}", flush=True)
     ours = bench_ours(args.domain, args.our_steps, args.work_dir)
     print(f"ours:  {ours.describe()}", flush=True)

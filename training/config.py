@@ -58,8 +58,8 @@ class TrainConfig:
     """LoRA rank."""
     lora_alpha: float = 32.0
     """LoRA scaling numerator: the update is scaled by lora_alpha / lora_r."""
-    lora_dropout: float = 0.05
-    """Dropout on the LoRA input, in [0, 1)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA input, in [0, 1); 0 skips the op (its random masks cost ~15% of a CPU step)."""
     target_modules: list[str] = field(default_factory=lambda: list(ALL_LINEAR))
     """Decoder linear layers that get a LoRA (default: all attention and MLP projections)."""
 
