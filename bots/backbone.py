@@ -27,6 +27,10 @@ DEFAULT_CONTEXT_TOKENS = 2048
 Message = dict[str, str]
 
 
+class ContextOverflow(ValueError):
+    """The fixed part of the prompt plus the reply budget does not fit the context."""
+
+
 class AdapterError(RuntimeError):
     """An adapter folder cannot be used; the message says why."""
 
@@ -142,7 +146,10 @@ class Backbone:
             overflow = len(ids) - budget
             last_ids = self.tokenizer.encode(kept[-1]["content"], add_special_tokens=False)
             if overflow >= len(last_ids):
-                raise ValueError("the fixed prompt alone is longer than the context; shorten the system prompt or few-shot examples")
+                raise ContextOverflow(
+                    f"the prompt ({len(self.encode(fixed))} tokens of system prompt and examples) plus {max_new_tokens} new tokens "
+                    f"does not fit the {self.context_tokens}-token context: lower max new tokens or shorten the prompt"
+                )
             # Keep the end of the message: a question usually comes last.
             shortened = self.tokenizer.decode(last_ids[overflow + 8 :])
             kept[-1] = {"role": kept[-1]["role"], "content": shortened}

@@ -2,7 +2,8 @@
 
 A conversation is a list of ``{"role": "user"|"assistant", "content": str}`` that
 alternates, starts with the user and ends with the user's new message. Control
-characters and unpaired surrogates are removed (they break tokenisers and logs);
+characters, unpaired surrogates (they break tokenisers and logs) and chat-template markup
+like ``<|im_start|>`` (it would forge turns) are removed;
 anything else wrong raises ConversationError with a message fit for the user.
 """
 
@@ -15,6 +16,9 @@ Message = dict[str, str]
 ROLES = ("user", "assistant")
 # C0/C1 control characters except tab and newline.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Chat-template markup such as <|im_start|>: typed by a user it would become real special
+# tokens and forge turns (a fake system message), so it is removed from user text.
+_CHAT_MARKUP = re.compile(r"<\|[A-Za-z0-9_]{1,32}\|>")
 
 
 class ConversationError(ValueError):
@@ -22,10 +26,11 @@ class ConversationError(ValueError):
 
 
 def clean_text(text: str) -> str:
-    """Drop control characters and invalid Unicode; normalise line ends."""
+    """Drop control characters, invalid Unicode and chat-template markup; normalise line ends."""
     text = text.encode("utf-8", errors="replace").decode("utf-8") if _has_surrogates(text) else text
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _CONTROL.sub("", text)
+    text = _CHAT_MARKUP.sub("", text)
     return unicodedata.normalize("NFC", text)
 
 

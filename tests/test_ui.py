@@ -67,10 +67,22 @@ def test_handler_refuses_bad_settings_without_losing_anything(served: tuple[Clie
     assert outputs == [(history, "next?", "⚠️ max_new_tokens must be an integer from 1 to 1024")]
 
 
+def test_a_prompt_that_cannot_fit_the_context_is_a_clear_message(served: tuple[Client, Runtime]) -> None:
+    from webui.chat_tab import respond
+
+    _, runtime = served
+    runtime.backbone.context_tokens = 600  # the tiny tokenizer makes the prompt variant's prompt ~2000 tokens
+    try:
+        outputs = list(respond("hi", [], "ecommerce", "prompt", 16, 0.0, 0.95, 1.1))
+    finally:
+        runtime.backbone.context_tokens = 2048
+    assert outputs[0][1] == "hi" and "does not fit the 600-token context" in outputs[0][2]
+
+
 def test_the_status_says_when_the_emergency_guard_acted(served: tuple[Client, Runtime]) -> None:
     client, _ = served
     message = "my dad's face is drooping and he can't lift his arm"
-    history, _, status = client.predict(message, [], "medical", "prompt", 16, 0.0, 0.95, 1.1, True, api_name="/chat")
+    history, _, status = client.predict(message, [], "medical", "prompt", 16, 0.0, 0.95, 1.1, 0, True, api_name="/chat")
     assert "Emergency guard acted" in status and "911" in _text(history[1])
-    history, _, status = client.predict(message, [], "medical", "prompt", 16, 0.0, 0.95, 1.1, False, api_name="/chat")
+    history, _, status = client.predict(message, [], "medical", "prompt", 16, 0.0, 0.95, 1.1, 0, False, api_name="/chat")
     assert "guard" not in status

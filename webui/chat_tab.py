@@ -6,36 +6,29 @@ from collections.abc import Iterator
 
 import gradio as gr
 
-from bots.bot import VariantUnavailable
-from bots.conversation import ConversationError
-from bots.generation import GenerationSettings, SettingsError
 from bots.registry import DOMAINS, get_runtime
-from webui.common import METHODS, ChatHistory, example_samples, to_conversation, variant_for, variant_status
+from webui.common import METHODS, ChatHistory, example_samples, variant_for, variant_status
+from webui.turns import TURN_ERRORS, PaneTurn, build_settings_controls, settings_from
 
 
 def describe_variant(domain: str, method: str) -> str:
     return get_runtime().bot(variant_for(domain, method).name).describe()
 
 
-def respond(message: str, history: ChatHistory, domain: str, method: str, max_new_tokens: float, temperature: float, top_p: float, repetition_penalty: float, guard: bool = True) -> Iterator[tuple[ChatHistory, str, str]]:
+def respond(message: str, history: ChatHistory, domain: str, method: str, max_new_tokens: float, temperature: float, top_p: float, repetition_penalty: float, seed: float = 0, guard: bool = True) -> Iterator[tuple[ChatHistory, str, str]]:
     """Stream the selected variant's reply into the chat; errors keep the history and the text."""
     history = list(history or [])
     try:
-        settings = GenerationSettings(int(max_new_tokens), float(temperature), float(top_p), float(repetition_penalty)).validate()
+        settings = settings_from(max_new_tokens, temperature, top_p, repetition_penalty, seed)
         bot = get_runtime().bot(variant_for(domain, method).name)
-        stream = bot.stream(to_conversation(history) + [{"role": "user", "content": message or ""}], settings, guard=bool(guard))
-    except (ConversationError, SettingsError, VariantUnavailable) as exc:
+        turn = PaneTurn.start(bot, history, message, settings, guard=bool(guard))
+    except TURN_ERRORS as exc:
         gr.Warning(str(exc))
         yield history, message, f"⚠️ {exc}"
         return
-    history = history + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
-    notice = "".join(f" · ⚠️ {note}" for note in (stream.notice, stream.guard_note) if note)
-    for _ in stream:
-        history[-1] = {"role": "assistant", "content": stream.text}
-        yield history, "", f"generating…{notice}"
-    stats = stream.stats
-    status = f"{bot.spec.name}: {stats.new_tokens} tokens · first token {stats.ttft_s:.2f}s · {stats.decode_tokens_per_s:.1f} tok/s · prompt {stats.prompt_tokens} tokens{notice}"
-    yield history, "", status
+    for updated in turn.updates():
+        yield updated, "", f"generating…{turn.notes()}"
+    yield turn.history, "", f"{bot.spec.name}: {turn.stats_line()} · prompt {turn.stream.stats.prompt_tokens} tokens"
 
 
 def build_chat_tab(demo: gr.Blocks) -> None:
@@ -53,15 +46,12 @@ def build_chat_tab(demo: gr.Blocks) -> None:
         clear = gr.Button("Clear", scale=1)
     examples = gr.Dataset(components=[message], samples=example_samples(first_domain), label="Example questions")
     with gr.Accordion("Generation settings", open=False):
-        max_new_tokens = gr.Slider(16, 512, value=160, step=16, label="Max new tokens")
-        temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)")
-        top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p")
-        repetition_penalty = gr.Slider(1.0, 1.5, value=1.1, step=0.05, label="Repetition penalty (on the reply's own tokens)")
+        settings = build_settings_controls()
         guard = gr.Checkbox(value=True, label="Safety guards (emergency escalation first, injection and off-topic replies); off shows the model alone")
     with gr.Accordion("What is this variant?", open=False):
         description = gr.Markdown()
 
-    inputs = [message, chatbot, domain, method, max_new_tokens, temperature, top_p, repetition_penalty, guard]
+    inputs = [message, chatbot, domain, method, *settings, guard]
     outputs = [chatbot, message, status]
     submit_event = message.submit(respond, inputs, outputs, concurrency_limit=4, api_name="chat")
     click_event = send.click(respond, inputs, outputs, concurrency_limit=4, api_visibility="private")

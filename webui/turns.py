@@ -54,10 +54,10 @@ class PaneTurn:
     stream: ReplyStream
 
     @classmethod
-    def start(cls, bot: Bot, history: ChatHistory, message: str, settings: GenerationSettings, override: PromptOverride | None = None) -> "PaneTurn":
+    def start(cls, bot: Bot, history: ChatHistory, message: str, settings: GenerationSettings, override: PromptOverride | None = None, guard: bool = True) -> "PaneTurn":
         """Check and render the request (raises one of TURN_ERRORS); generation starts on iteration."""
         history = list(history or [])
-        stream = bot.stream(to_conversation(history) + [{"role": "user", "content": message or ""}], settings, override)
+        stream = bot.stream(to_conversation(history) + [{"role": "user", "content": message or ""}], settings, override, guard)
         grown = history + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
         return cls(bot.spec.name, grown, stream)
 
@@ -67,7 +67,11 @@ class PaneTurn:
             self.history[-1] = {"role": "assistant", "content": self.stream.text}
             yield self.history
 
+    def notes(self) -> str:
+        """Context trimming and guard actions, for the user to see ('' when none)."""
+        return "".join(f" · ⚠️ {note}" for note in (self.stream.notice, self.stream.guard_note) if note)
+
     def stats_line(self) -> str:
         stats = self.stream.stats
         line = f"first token {stats.ttft_s:.2f} s · {stats.decode_tokens_per_s:.1f} tok/s · {stats.new_tokens} tokens"
-        return line + (f" · ⚠️ {self.stream.notice}" if self.stream.notice else "")
+        return line + self.notes()
