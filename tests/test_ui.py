@@ -86,3 +86,13 @@ def test_the_status_says_when_the_emergency_guard_acted(served: tuple[Client, Ru
     assert "Emergency guard acted" in status and "911" in _text(history[1])
     history, _, status = client.predict(message, [], "medical", "prompt", 16, 0.0, 0.95, 1.1, 0, False, api_name="/chat")
     assert "guard" not in status
+
+
+def test_markup_is_escaped_for_display_and_restored_for_the_model(served: tuple[Client, Runtime]) -> None:
+    from webui.common import to_conversation
+
+    client, runtime = served
+    message = "is 3 < 5 & <i>why</i>?"
+    history, _, _ = client.predict(message, [], "ecommerce", "lora", 16, 0.0, 0.95, 1.1, api_name="/chat")
+    assert _text(history[0]) == "is 3 &lt; 5 &amp; &lt;i&gt;why&lt;/i&gt;?"
+    assert to_conversation(history)[0] == {"role": "user", "content": message}

@@ -21,6 +21,7 @@ import gradio as gr
 
 from bots.registry import DOMAINS, VARIANTS, get_runtime
 from prompts import load_prompt_spec
+from webui.common import chat_pane
 from webui.leaderboard import TABLE_HEADERS, LeaderboardConfig, standings, standings_table
 from webui.turns import SETTINGS_COUNT, TURN_ERRORS, PaneTurn, build_settings_controls, settings_from, settings_record
 from webui.votes import OUTCOMES, Vote, default_store, export_csv, export_jsonl
@@ -83,7 +84,7 @@ def arena_send(message: str, domain: str, *settings_and_round: object) -> Iterat
         for history in turn.updates():
             chats[index] = history
             yield chats[0], chats[1], "", f"Model {side} is answering…", "", None
-    round_ = ArenaRound(domain, seed, variant_a, variant_b, turns[0].history[0]["content"], turns[0].stream.text.strip(), turns[1].stream.text.strip(),
+    round_ = ArenaRound(domain, seed, variant_a, variant_b, message, turns[0].stream.text.strip(), turns[1].stream.text.strip(),
                         turns[0].stats_line(), turns[1].stats_line(), settings_record(settings))
     yield chats[0], chats[1], "", "Both answers are in: **which one is better?**", "", round_
 
@@ -134,8 +135,8 @@ def build_arena_tab(demo: gr.Blocks) -> None:
     domain = gr.Radio([(load_prompt_spec(d).title, d) for d in DOMAINS], value=DOMAINS[0], label="Domain")
     round_state = gr.State(None)
     with gr.Row(equal_height=True):
-        chat_a = gr.Chatbot(label="Model A", height=320, elem_id="arena-chat-a")
-        chat_b = gr.Chatbot(label="Model B", height=320, elem_id="arena-chat-b")
+        chat_a = chat_pane("Model A", 320, elem_id="arena-chat-a")
+        chat_b = chat_pane("Model B", 320, elem_id="arena-chat-b")
     with gr.Row():
         message = gr.Textbox(placeholder="Ask both models…", show_label=False, scale=5, max_lines=6, elem_id="arena-message")
         send = gr.Button("Send", variant="primary", scale=1, elem_id="arena-send")

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import gradio as gr
 
 from bots.registry import DOMAINS, get_runtime
-from webui.common import METHODS, ChatHistory, example_samples, variant_for, variant_status
+from webui.common import METHODS, ChatHistory, chat_pane, example_samples, variant_for, variant_status
 from webui.turns import TURN_ERRORS, PaneTurn, build_settings_controls, settings_from
 
 
@@ -38,7 +38,7 @@ def build_chat_tab(demo: gr.Blocks) -> None:
         domain = gr.Radio(list(DOMAINS), value=first_domain, label="Domain")
         method = gr.Radio([(label, key) for key, label in METHODS.items()], value="prompt", label="Method")
     status = gr.Markdown()
-    chatbot = gr.Chatbot(label="Conversation", height=420)
+    chatbot = chat_pane("Conversation", 420)
     with gr.Row():
         message = gr.Textbox(placeholder="Ask something…", show_label=False, scale=5, max_lines=6)
         send = gr.Button("Send", variant="primary", scale=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 import gradio as gr
@@ -34,8 +35,22 @@ def message_text(content: Any) -> str:
 
 
 def to_conversation(history: ChatHistory) -> list[dict[str, str]]:
-    """Chatbot history -> plain user/assistant messages for a bot."""
-    return [{"role": m["role"], "content": message_text(m["content"])} for m in history if m.get("role") in ("user", "assistant")]
+    """Chatbot history (display text) -> plain user/assistant messages for a bot."""
+    return [{"role": m["role"], "content": from_display(message_text(m["content"]))} for m in history if m.get("role") in ("user", "assistant")]
+
+
+def for_display(text: str) -> str:
+    """Message text as the page shows it: HTML escaped, so markup shows as typed and never runs."""
+    return html.escape(text, quote=False)
+
+
+def from_display(text: str) -> str:
+    return html.unescape(text)
+
+
+def chat_pane(label: str, height: int, **kwargs: Any) -> gr.Chatbot:
+    """A chat pane that shows messages as text: no Markdown or HTML rendering of what users or models write."""
+    return gr.Chatbot(label=label, height=height, render_markdown=False, sanitize_html=True, **kwargs)
 
 
 def example_samples(domain: str) -> list[list[str]]:

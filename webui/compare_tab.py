@@ -14,7 +14,7 @@ import gradio as gr
 
 from bots.registry import DOMAINS, VARIANTS, get_runtime
 from prompts import load_prompt_spec
-from webui.common import ChatHistory
+from webui.common import ChatHistory, chat_pane
 from webui.turns import SETTINGS_COUNT, TURN_ERRORS, PaneTurn, build_settings_controls, settings_from
 
 ALL = "all"
@@ -98,7 +98,7 @@ def build_compare_tab(demo: gr.Blocks) -> None:
         with gr.Row(visible=domain == DOMAINS[0], equal_height=True) as rows[domain]:
             for name in (n for n in PANES if VARIANTS[n].domain == domain):
                 with gr.Column(elem_id=f"compare-{name}"):
-                    chatbots[name] = gr.Chatbot(label=VARIANTS[name].label, height=360, elem_id=f"compare-chat-{name}")
+                    chatbots[name] = chat_pane(VARIANTS[name].label, 360, elem_id=f"compare-chat-{name}")
                     stats[name] = gr.Markdown(elem_id=f"compare-stats-{name}")
     with gr.Row():
         message = gr.Textbox(placeholder="One message for every variant shown…", show_label=False, scale=5, max_lines=6, elem_id="compare-message")

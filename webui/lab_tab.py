@@ -20,7 +20,7 @@ import yaml
 from bots.bot import PromptOverride
 from bots.registry import DOMAINS, VARIANTS, get_runtime
 from prompts import FewShotExample, PromptSpec, load_prompt_spec
-from webui.common import ChatHistory
+from webui.common import ChatHistory, chat_pane
 from webui.turns import SETTINGS_COUNT, TURN_ERRORS, PaneTurn, build_settings_controls, settings_from
 
 NO_CHANGES = "(no changes: this is the shipped template)"
@@ -146,7 +146,7 @@ def build_lab_tab(demo: gr.Blocks) -> None:
             diff = gr.Code(NO_CHANGES, language=None, label="Diff against the shipped template", interactive=False, wrap_lines=True, lines=8,
                            elem_id="lab-diff")
         with gr.Column():
-            chatbot = gr.Chatbot(label="Try it (prompt variant)", height=420, elem_id="lab-chat")
+            chatbot = chat_pane("Try it (prompt variant)", 420, elem_id="lab-chat")
             with gr.Row():
                 message = gr.Textbox(placeholder="Ask something…", show_label=False, scale=5, max_lines=6, elem_id="lab-message")
                 send = gr.Button("Send", variant="primary", scale=1, elem_id="lab-send")

@@ -14,7 +14,7 @@ import gradio as gr
 
 from bots.bot import Bot, PromptOverride, ReplyStream, VariantUnavailable
 from bots.generation import GenerationSettings
-from webui.common import ChatHistory, to_conversation
+from webui.common import ChatHistory, for_display, to_conversation
 
 TURN_ERRORS: tuple[type[Exception], ...] = (ValueError, VariantUnavailable)
 """What a bad request raises before generation starts: ConversationError and SettingsError are
@@ -58,13 +58,13 @@ class PaneTurn:
         """Check and render the request (raises one of TURN_ERRORS); generation starts on iteration."""
         history = list(history or [])
         stream = bot.stream(to_conversation(history) + [{"role": "user", "content": message or ""}], settings, override, guard)
-        grown = history + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
+        grown = history + [{"role": "user", "content": for_display(message or "")}, {"role": "assistant", "content": ""}]
         return cls(bot.spec.name, grown, stream)
 
     def updates(self) -> Iterator[ChatHistory]:
         """The pane's history after each streamed piece (holds the model until exhausted or closed)."""
         for _ in self.stream:
-            self.history[-1] = {"role": "assistant", "content": self.stream.text}
+            self.history[-1] = {"role": "assistant", "content": for_display(self.stream.text)}
             yield self.history
 
     def notes(self) -> str:

@@ -150,3 +150,18 @@ def test_report_tab_opens(page: "Page", screenshot) -> None:
     panel.wait_for()
     assert panel.inner_text().strip()
     screenshot("report")
+
+
+def test_html_and_script_in_messages_show_as_text_and_never_run(page: "Page", screenshot) -> None:
+    page.get_by_label("LoRA adapter (fine-tuned)").check()
+    page.get_by_text("ecommerce-lora is available").wait_for()
+    hostile = '<b>bold</b> <img src=x onerror="window.__pwned=1"> <script>window.__pwned=2</script> **stars**'
+    box = page.get_by_placeholder("Ask something…")
+    box.fill(hostile)
+    box.press("Enter")
+    page.get_by_text("ecommerce-lora: ").wait_for()
+    screenshot("hostile-message")
+    shown = page.locator('[data-testid="user"]').last.inner_text()
+    assert page.evaluate("window.__pwned") is None
+    assert page.locator('[data-testid="user"] img').count() == 0
+    assert "<b>bold</b>" in shown and "<script>" in shown, shown

@@ -1,0 +1,83 @@
+"""The Evaluation tab: the latest report of ``python -m training.evaluate``, read from its files.
+
+``build_report_tab(report_dir)`` lays out, inside the current gr.Blocks / gr.Tab, the run's
+summary, a table and a bar chart per domain, the quality-vs-latency plot and the metric
+definitions, from ``results.json`` and the PNGs in ``training/reports/``. Nothing is computed
+here and no model is loaded: without a report the tab says how to make one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from training.eval_report import DOMAIN_ORDER, definitions, domain_table, domain_title, entries_of, reading
+
+DEFAULT_REPORT_DIR = Path(__file__).resolve().parent.parent / "training" / "reports"
+NO_REPORT = (
+    "### No evaluation report yet\n"
+    "Run `python -m training.evaluate --limit 10` (a few minutes per variant on a CPU); it writes "
+    "`training/reports/results.json`, `report.md` and the plots shown here."
+)
+HOW_TO_READ = (
+    "Each LoRA / prompt pair runs on the same base model, the same questions and greedy decoding. "
+    "↑ marks metrics where higher is better, ↓ where lower is better; the best value of a row is in bold. "
+    "Rates are shares of probe questions (hand-written, not from the training data); ROUGE-L and "
+    "perplexity compare with the test split's reference answers; the cost rows are measured on this "
+    "machine's CPU, where a longer prompt (the prompt template's fact sheet and few-shot) costs time to first token."
+)
+
+
+def load_results(report_dir: Path) -> dict[str, Any] | None:
+    """The parsed results.json, or None when there is none (or it cannot be read)."""
+    path = report_dir / "results.json"
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return results if isinstance(results, dict) and results.get("variants") is not None and "meta" in results else None
+
+
+def _summary(results: dict[str, Any]) -> str:
+    meta = results["meta"]
+    limit = f"at most {meta['limit']} cases per source" if meta.get("limit") else "every case"
+    skipped = "".join(f"\n- `{name}` skipped: {reason}" for name, reason in meta.get("skipped", {}).items())
+    notes = "".join(f"\n- {note}" for note in meta.get("notes", []))
+    return (
+        f"### Latest evaluation ({meta.get('date', '?')})\n"
+        f"Base model {meta.get('base_model', {}).get('name', '?')}; {limit}; "
+        f"{meta.get('duration_s', 0) / 60:.1f} min on {meta.get('machine', {}).get('cpu_count', '?')} CPUs.{skipped}{notes}"
+    )
+
+
+def _image(path: Path, label: str) -> None:
+    if path.is_file() and path.stat().st_size > 0:
+        gr.Image(value=str(path), label=label, show_label=True, interactive=False, buttons=["download", "fullscreen"])
+
+
+def build_report_tab(report_dir: Path | None = None) -> None:
+    """Lay out the report inside the current Blocks context; a clear message when there is none."""
+    report_dir = report_dir or DEFAULT_REPORT_DIR
+    results = load_results(report_dir)
+    if results is None:
+        gr.Markdown(NO_REPORT)
+        return
+    gr.Markdown(_summary(results))
+    gr.Markdown("#### What it says\n" + "\n".join(reading(results)))
+    gr.Markdown(HOW_TO_READ)
+    for domain in DOMAIN_ORDER:
+        if not entries_of(results, domain):
+            continue
+        header, rows = domain_table(results, domain)
+        gr.Markdown(f"### {domain_title(domain)}")
+        gr.Dataframe(value=rows, headers=header, datatype="markdown", interactive=False, wrap=True)
+        _image(report_dir / f"metrics_{domain}.png", f"{domain}: every metric by variant")
+    _image(report_dir / "quality_vs_latency.png", "quality against latency")
+    with gr.Accordion("Metric definitions", open=False):
+        gr.Markdown(definitions())
+    report = report_dir / "report.md"
+    if report.is_file():
+        gr.Markdown(f"The full report with provenance (base, adapter and data hashes) is `{report}`.")
