@@ -187,7 +187,7 @@ def load_base(spec: BaseModelSpec | None = None) -> LoadedBase:
     try:
         tokenizer = AutoTokenizer.from_pretrained(location)
         model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # a missing hub id / folder, or a folder that is no model
         raise BaseModelError(f"Could not load the base model from '{location}': {exc}") from exc
     model.eval()
     if tokenizer.pad_token is None:

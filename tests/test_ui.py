@@ -96,3 +96,26 @@ def test_markup_is_escaped_for_display_and_restored_for_the_model(served: tuple[
     history, _, _ = client.predict(message, [], "ecommerce", "lora", 16, 0.0, 0.95, 1.1, api_name="/chat")
     assert _text(history[0]) == "is 3 &lt; 5 &amp; &lt;i&gt;why&lt;/i&gt;?"
     assert to_conversation(history)[0] == {"role": "user", "content": message}
+
+
+def test_cancelling_a_reply_frees_the_model_within_a_second(served: tuple[Client, Runtime]) -> None:
+    import time
+
+    client, runtime = served
+    # Slow the tiny model down so a 512-token reply would take ~10 s.
+    hook = runtime.backbone.base.model.register_forward_pre_hook(lambda *_: time.sleep(0.02))
+    try:
+        job = client.submit("hello", [], "ecommerce", "lora", 512, 0.0, 0.95, 1.0, api_name="/chat")
+        deadline = time.monotonic() + 20
+        while not runtime.backbone.lock.locked() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert runtime.backbone.lock.locked(), "generation never started"
+        time.sleep(0.3)
+        cancelled_at = time.monotonic()
+        job.cancel()
+        while runtime.backbone.lock.locked() and time.monotonic() - cancelled_at < 5:
+            time.sleep(0.01)
+        freed_after = time.monotonic() - cancelled_at
+    finally:
+        hook.remove()
+    assert freed_after < 1.0, f"the model stayed busy {freed_after:.2f}s after the cancel"
