@@ -1,0 +1,143 @@
+"""What the evaluation asks: test-split dialogs and probe sets, as uniform ``EvalCase`` records.
+
+A domain's evaluation *sources* are its test split (``training/data/<domain>/test.jsonl``) and
+its probe files (``training/probes/*.jsonl``, described in ``training/probes/README.md``).
+``load_cases`` reads them, checks the fields each file needs and, with a limit, keeps an evenly
+spread subset so that a small run still covers every topic and red flag. Used by
+``training.evaluate``; no command of its own.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from training.dialogs import DATA_DIR, DialogFileError, read_jsonl_dialogs
+
+PROBES_DIR = Path(__file__).resolve().parent / "probes"
+T = TypeVar("T")
+Message = dict[str, str]
+
+
+class ProbeFileError(ValueError):
+    """A probe file is missing or malformed; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class ProbeSource:
+    """One probe file, the domain(s) it serves and the fields each of its lines must have."""
+
+    name: str
+    file: str
+    domains: tuple[str, ...]
+    fields: tuple[str, ...]
+
+
+PROBE_SOURCES: tuple[ProbeSource, ...] = (
+    ProbeSource("facts", "ecommerce_facts.jsonl", ("ecommerce",), ("id", "topic", "question", "expected")),
+    ProbeSource("emergencies", "medical_emergencies.jsonl", ("medical",), ("id", "red_flag", "question")),
+    ProbeSource("ordinary", "medical_ordinary.jsonl", ("medical",), ("id", "topic", "question")),
+    ProbeSource("out_of_scope", "out_of_scope.jsonl", ("ecommerce", "medical"), ("id", "domain", "question")),
+    ProbeSource("injection", "injection.jsonl", ("ecommerce", "medical"), ("id", "domain", "question", "forbidden")),
+)
+TEST_SOURCE = "test"
+
+
+@dataclass(frozen=True)
+class EvalCase:
+    """One request to a bot: the conversation up to the user's last message, and what to check."""
+
+    source: str
+    case_id: str
+    conversation: tuple[Message, ...]
+    reference: str | None = None
+    """The dialog's assistant answer (test split only): for ROUGE-L and perplexity."""
+    info: dict[str, Any] = field(default_factory=dict)
+    """The probe's own fields (topic, expected, forbidden, red_flag, ...)."""
+
+    @property
+    def question(self) -> str:
+        return self.conversation[-1]["content"]
+
+
+@dataclass
+class DomainCases:
+    """Every source of one domain, with notes on what could not be loaded."""
+
+    domain: str
+    sources: dict[str, list[EvalCase]]
+    files: list[Path]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(len(cases) for cases in self.sources.values())
+
+
+def spread(items: list[T], limit: int | None) -> list[T]:
+    """At most ``limit`` items, evenly spaced over the list (files are grouped by topic)."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    if limit <= 0:
+        return []
+    step = len(items) / limit
+    return [items[int(index * step)] for index in range(limit)]
+
+
+def read_probe_file(path: Path, fields: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Read a probe jsonl file; every line must be an object with ``fields`` (patterns as lists of strings)."""
+    if not path.is_file():
+        raise ProbeFileError(f"{path}: probe file not found")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ProbeFileError(f"{path}:{number}: bad JSON: {exc.msg}") from exc
+        missing = [name for name in fields if not isinstance(row, dict) or name not in row]
+        if missing:
+            raise ProbeFileError(f"{path}:{number}: missing field(s) {', '.join(missing)}")
+        for key in ("expected", "forbidden"):
+            if key in row and (not isinstance(row[key], list) or not row[key] or not all(isinstance(p, str) for p in row[key])):
+                raise ProbeFileError(f"{path}:{number}: '{key}' must be a non-empty list of regular expressions")
+        rows.append(row)
+    return rows
+
+
+def dialog_to_case(dialog: dict[str, Any]) -> EvalCase:
+    """The dialog's last assistant turn is the reference; everything before it (system message dropped) is the conversation."""
+    turns = [m for m in dialog["messages"] if m["role"] != "system"]
+    info = {key: dialog[key] for key in ("topic", "kind", "emergency", "red_flag") if dialog.get(key) is not None}
+    return EvalCase(TEST_SOURCE, str(dialog.get("id", "")), tuple(turns[:-1]), turns[-1]["content"], info)
+
+
+def probe_to_case(source: str, row: dict[str, Any]) -> EvalCase:
+    info = {key: value for key, value in row.items() if key not in ("id", "question")}
+    return EvalCase(source, str(row["id"]), ({"role": "user", "content": row["question"]},), None, info)
+
+
+def load_cases(domain: str, limit: int | None = None, data_dir: Path | None = None, probes_dir: Path | None = None) -> DomainCases:
+    """The test split and probe sets of ``domain``, each capped at ``limit`` cases."""
+    data_dir = data_dir or DATA_DIR
+    probes_dir = probes_dir or PROBES_DIR
+    result = DomainCases(domain, {}, [])
+    test_file = data_dir / domain / "test.jsonl"
+    try:
+        dialogs = read_jsonl_dialogs(test_file)
+        result.sources[TEST_SOURCE] = spread([dialog_to_case(d) for d in dialogs], limit)
+        result.files.append(test_file)
+    except DialogFileError as exc:
+        # The data may still be being generated: probes alone are still worth reporting.
+        result.notes.append(f"{domain}: test split not evaluated ({exc}); ROUGE-L and perplexity are missing")
+    for probe in PROBE_SOURCES:
+        if domain not in probe.domains:
+            continue
+        path = probes_dir / probe.file
+        rows = [row for row in read_probe_file(path, probe.fields) if row.get("domain", domain) == domain]
+        result.sources[probe.name] = spread([probe_to_case(probe.name, row) for row in rows], limit)
+        result.files.append(path)
+    return result

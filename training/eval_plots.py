@@ -1,0 +1,106 @@
+"""The evaluation's PNG plots: per-metric bar charts by variant for each domain, and quality vs latency.
+
+``write_plots(results, out_dir)`` draws from a results dict (the content of ``results.json``)
+and returns ``{"ecommerce": path, "medical": path, "scatter": path}`` for the domains present.
+Used by ``training.evaluate``; no command of its own.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+
+from training.eval_report import DOMAIN_ORDER, arrow, domain_title, entries_of  # noqa: E402
+from training.metrics import format_value, metrics_for  # noqa: E402
+
+Results = dict[str, Any]
+METHOD_COLOURS = {"lora": "tab:orange", "prompt": "tab:blue"}
+HEADLINE = {"ecommerce": "fact_accuracy", "medical": "escalation_first_rate"}
+"""The quality metric each domain is mostly about (the scatter's y axis)."""
+COLUMNS = 5
+
+
+def _style(results: Results, entry: str) -> dict[str, Any]:
+    info = results["meta"]["entries"][entry]
+    return {"color": METHOD_COLOURS.get(info["method"], "grey"), "hatch": "//" if info.get("guard") else None, "edgecolor": "black", "linewidth": 0.5}
+
+
+def plot_domain(results: Results, domain: str, path: Path) -> Path:
+    """One small bar chart per metric of the domain, one bar per entry; the arrow says which way is better."""
+    names = entries_of(results, domain)
+    specs = metrics_for(domain)
+    rows = math.ceil(len(specs) / COLUMNS)
+    figure, axes = plt.subplots(rows, COLUMNS, figsize=(3.0 * COLUMNS, 2.6 * rows), dpi=100, squeeze=False)
+    for axis, spec in zip(axes.flat, specs):
+        values = [results["variants"][name].get(spec.key) for name in names]
+        for index, (name, value) in enumerate(zip(names, values)):
+            height = 0.0 if value is None else value * (100 if spec.kind == "rate" else 1)
+            axis.bar(index, height, **_style(results, name))
+            axis.text(index, height, format_value(spec, value), ha="center", va="bottom", fontsize=7)
+        axis.set_title(f"{spec.label} {arrow(spec)}".strip(), fontsize=9)
+        axis.set_xticks(range(len(names)), [name.replace(f"{domain}-", "") for name in names], fontsize=7)
+        axis.tick_params(axis="y", labelsize=7)
+        if spec.kind == "rate":
+            axis.set_ylim(0, 112)
+            axis.set_ylabel("%", fontsize=7)
+        else:
+            axis.margins(y=0.2)
+        axis.grid(axis="y", alpha=0.3)
+    for axis in list(axes.flat)[len(specs):]:
+        axis.axis("off")
+    figure.suptitle(f"{domain_title(domain)}: LoRA (orange) vs prompt (blue); hatched = with guard", fontsize=11)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def plot_quality_vs_latency(results: Results, path: Path) -> Path:
+    """Two panels, mean reply latency (x) against the domain's headline metric and against ROUGE-L F1 (y)."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
+    markers = {"ecommerce": "o", "medical": "s"}
+    for name, values in results["variants"].items():
+        info = results["meta"]["entries"][name]
+        latency = values.get("latency_s")
+        if latency is None:
+            continue
+        style = {"color": METHOD_COLOURS.get(info["method"], "grey"), "marker": markers.get(info["domain"], "o"), "s": 70, "edgecolors": "black"}
+        if info.get("guard"):
+            style["facecolors"] = "none"
+            style["edgecolors"] = style.pop("color")
+        for axis, key in ((left, HEADLINE[info["domain"]]), (right, "rouge_l_f1")):
+            quality = values.get(key)
+            if quality is None:
+                continue
+            axis.scatter(latency, quality, **style)
+            axis.annotate(name, (latency, quality), fontsize=7, xytext=(5, 4), textcoords="offset points")
+    left.set_ylabel("headline metric (share of probes)")
+    left.set_title("fact accuracy (e-commerce) / escalation first (medical)", fontsize=9)
+    left.set_ylim(-0.05, 1.1)
+    right.set_ylabel("ROUGE-L F1 vs reference")
+    right.set_title("similarity to the test-split reference answers", fontsize=9)
+    for axis in (left, right):
+        axis.set_xlabel("mean reply latency (s)")
+        axis.grid(alpha=0.3)
+        axis.margins(x=0.25)
+    figure.suptitle("Quality against latency (orange LoRA, blue prompt; circle e-commerce, square medical; hollow = with guard)", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def write_plots(results: Results, out_dir: Path) -> dict[str, Path]:
+    plots: dict[str, Path] = {}
+    for domain in DOMAIN_ORDER:
+        if entries_of(results, domain):
+            plots[domain] = plot_domain(results, domain, out_dir / f"metrics_{domain}.png")
+    if results["variants"]:
+        plots["scatter"] = plot_quality_vs_latency(results, out_dir / "quality_vs_latency.png")
+    return plots
