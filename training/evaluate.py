@@ -141,7 +141,8 @@ def plan_entries(runtime: Runtime, config: EvalConfig) -> Plan:
     else:
         notes.append(
             "Every variant is reported twice: the model alone (guard=False) and `<variant>+guard` (guard=True: the "
-            "emergency guard opens medical replies with the escalation; injection and off-topic guards send a fixed reply)."
+            "emergency guard opens medical replies with the escalation; injection and off-topic guards send a fixed reply). "
+            "A fixed reply needs no model call: it counts with 0 s and 0 prompt tokens in the cost rows of `+guard` entries."
         )
     return Plan(entries, skipped, guard_available, notes)
 
