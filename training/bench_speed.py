@@ -16,6 +16,7 @@ The first step of each is a warm-up and is not timed. Prints both figures and th
 
 from __future__ import annotations
 
+import training.cpu_env  # noqa: F401, I001  (first: sets OMP_WAIT_POLICY before torch loads)
 import argparse
 import random
 import time

@@ -17,6 +17,7 @@ a foreign-base ``--init-adapter`` ends with exit code 2 and a one-line message.
 
 from __future__ import annotations
 
+import training.cpu_env  # noqa: F401, I001  (first: sets OMP_WAIT_POLICY before torch loads)
 import argparse
 import logging
 import sys
