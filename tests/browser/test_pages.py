@@ -26,9 +26,20 @@ def set_max_new_tokens(page: "Page", tab: str, value: int = 16) -> None:
     settings = page.locator(f"#{tab}-settings")
     settings.get_by_text("Generation settings").click()
     number = settings.get_by_label("number input for Max new tokens")
-    number.fill(str(value))
-    number.press("Tab")
-    page.wait_for_function(f"() => document.querySelector('#{tab}-settings input[type=range]').value === '{value}'")
+    number.wait_for(state="visible")
+    check = f"() => document.querySelector('#{tab}-settings input[type=range]').value === '{value}'"
+    # The accordion may still be opening when the first fill lands; try again, then insist.
+    for _ in range(3):
+        number.fill(str(value))
+        number.press("Tab")
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+        try:
+            page.wait_for_function(check, timeout=5_000)
+            return
+        except PlaywrightTimeout:
+            continue
+    page.wait_for_function(check)
 
 
 def watch_growth(text: "Locator", done: "Locator", timeout_s: float = 60.0) -> list[int]:
