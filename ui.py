@@ -11,7 +11,6 @@ loaded once per process, before serving (``--no-preload``: on the first request)
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 
 import gradio as gr
@@ -22,6 +21,7 @@ from webui.arena_tab import build_arena_tab
 from webui.chat_tab import build_chat_tab
 from webui.compare_tab import build_compare_tab
 from webui.lab_tab import build_lab_tab
+from webui.report_tab import build_report_tab
 
 DEFAULT_PORT = 7860
 INTRO = (
@@ -43,11 +43,8 @@ def build_demo() -> gr.Blocks:
             build_arena_tab(demo)
         with gr.Tab("Prompt lab"):
             build_lab_tab(demo)
-        if importlib.util.find_spec("webui.report_tab") is not None:  # the Report tab, once its module lands
-            from webui.report_tab import build_report_tab
-
-            with gr.Tab("Report"):
-                build_report_tab()
+        with gr.Tab("Report"):
+            build_report_tab()
     demo.queue(max_size=32, default_concurrency_limit=4)
     return demo
 

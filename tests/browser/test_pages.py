@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from typing import TYPE_CHECKING
 
@@ -154,8 +153,6 @@ def test_prompt_lab_edit_shows_a_diff_and_reset_restores_the_template(page: "Pag
 
 
 def test_report_tab_opens(page: "Page", screenshot) -> None:
-    if importlib.util.find_spec("webui.report_tab") is None:
-        pytest.skip("there is no Report tab yet (webui/report_tab.py does not exist)")
     open_tab(page, "Report")
     panel = page.get_by_role("tabpanel")
     panel.wait_for()
