@@ -15,7 +15,7 @@ from bots.bot import VariantUnavailable
 from bots.conversation import ConversationError, clean_conversation
 from bots.generation import GenerationSettings, SettingsError
 from bots.registry import VARIANTS, Runtime
-from tests.tiny_model import make_tiny_base, save_tiny_adapter
+from tests.tiny_model import save_tiny_adapter
 
 
 def test_registry_holds_exactly_the_four_variants() -> None:
