@@ -1,4 +1,4 @@
-"""The one shared base model of a process, the adapters it knows by name, and generation.
+"""The transformers + peft backbone: the reference backend and the one training uses.
 
 peft's active adapter is global state on the model, so every generation holds the
 backbone's lock from the first forward pass to the last: two concurrent requests never
@@ -9,83 +9,40 @@ exactly the base model's output.
 from __future__ import annotations
 
 import contextlib
-import json
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from peft import PeftModel
 
+from bots.backbone_base import (  # noqa: F401  re-exported: callers import them from here
+    ADAPTER_META,
+    DEFAULT_CONTEXT_TOKENS,
+    AdapterError,
+    BackboneBase,
+    BaseInfo,
+    ContextOverflow,
+    Message,
+    TrimResult,
+)
 from bots.base_model import LoadedBase
-from bots.generation import GenerationSettings, GenerationStats, generate_token_ids, stop_token_ids, stream_text
-
-ADAPTER_META = "tune_or_prompt.json"
-DEFAULT_CONTEXT_TOKENS = 2048
-
-Message = dict[str, str]
+from bots.generation import GenerationSettings, GenerationStats, stream_text
+from bots.torch_decode import generate_token_ids, stop_token_ids
 
 
-class ContextOverflow(ValueError):
-    """The fixed part of the prompt plus the reply budget does not fit the context."""
-
-
-class AdapterError(RuntimeError):
-    """An adapter folder cannot be used; the message says why."""
-
-
-@dataclass(frozen=True)
-class TrimResult:
-    """The prompt ids that fit the context budget, and what had to go."""
-
-    prompt_ids: list[int]
-    dropped_messages: int
-    truncated_tokens: int
-
-    @property
-    def notice(self) -> str:
-        parts = []
-        if self.dropped_messages:
-            parts.append(f"{self.dropped_messages} earlier message(s) were left out to fit the model's context")
-        if self.truncated_tokens:
-            parts.append(f"your message was cut by {self.truncated_tokens} tokens to fit the model's context")
-        return "; ".join(parts)
-
-
-class Backbone:
+class Backbone(BackboneBase):
     """Loads nothing itself: it wraps an already loaded base (see bots.base_model.load_base)."""
 
+    backend = "transformers"
+
     def __init__(self, base: LoadedBase, context_tokens: int = DEFAULT_CONTEXT_TOKENS) -> None:
-        self.base = base
+        limit = int(getattr(base.model.config, "max_position_embeddings", context_tokens))
+        super().__init__(base, min(context_tokens, limit))
         self.tokenizer = base.tokenizer
         self.model = base.model
-        self.context_tokens = min(context_tokens, int(getattr(base.model.config, "max_position_embeddings", context_tokens)))
-        self.adapters: dict[str, Path] = {}
-        self.lock = threading.Lock()
         self.stop_ids = stop_token_ids(base.tokenizer, base.model)
 
     # --- adapters -------------------------------------------------------------------------
-
-    def check_adapter(self, path: Path) -> dict:
-        """Raise AdapterError unless ``path`` holds a PEFT adapter trained on this base."""
-        if not path.is_dir():
-            raise AdapterError(f"adapter folder {path} does not exist (train it with: python -m training.train --domain <domain>)")
-        for required in ("adapter_config.json", "adapter_model.safetensors", ADAPTER_META):
-            if not (path / required).is_file():
-                raise AdapterError(f"adapter folder {path} has no {required}")
-        try:
-            meta = json.loads((path / ADAPTER_META).read_text())
-            json.loads((path / "adapter_config.json").read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise AdapterError(f"adapter folder {path}: unreadable metadata ({exc})") from exc
-        trained_on = meta.get("base_fingerprint")
-        if trained_on != self.base.fingerprint:
-            raise AdapterError(
-                f"adapter {path.name} was trained for another base model (fingerprint {str(trained_on)[:12]}, "
-                f"loaded base {self.base.fingerprint[:12]}); retrain it for this base"
-            )
-        return meta
 
     def load_adapter(self, name: str, path: Path) -> None:
         """Attach an adapter under ``name``; on any failure the model is left as it was."""
@@ -126,40 +83,11 @@ class Backbone:
             ids = ids["input_ids"]
         return list(ids)
 
-    def fit_to_context(self, fixed: list[Message], conversation: list[Message], max_new_tokens: int) -> TrimResult:
-        """Drop the oldest turns (then cut the last message) until the prompt fits.
+    def encode_text(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
 
-        ``fixed`` (system prompt, few-shot) always stays; ``conversation`` ends with the user.
-        """
-        budget = self.context_tokens - max_new_tokens
-        kept = list(conversation)
-        dropped = 0
-        ids = self.encode(fixed + kept)
-        while len(ids) > budget and len(kept) > 1:
-            # Drop a user/assistant pair at a time so the roles keep alternating.
-            step = 2 if len(kept) > 2 else 1
-            kept = kept[step:]
-            dropped += step
-            ids = self.encode(fixed + kept)
-        truncated = 0
-        if len(ids) > budget:
-            overflow = len(ids) - budget
-            last_ids = self.tokenizer.encode(kept[-1]["content"], add_special_tokens=False)
-            if overflow >= len(last_ids):
-                raise ContextOverflow(
-                    f"the prompt ({len(self.encode(fixed))} tokens of system prompt and examples) plus {max_new_tokens} new tokens "
-                    f"does not fit the {self.context_tokens}-token context: lower max new tokens or shorten the prompt"
-                )
-            # Keep the end of the message: a question usually comes last.
-            shortened = self.tokenizer.decode(last_ids[overflow + 8 :])
-            kept[-1] = {"role": kept[-1]["role"], "content": shortened}
-            ids = self.encode(fixed + kept)
-            while len(ids) > budget:  # re-tokenising at the cut can add a token or two
-                shortened = shortened[8:]
-                kept[-1] = {"role": kept[-1]["role"], "content": shortened}
-                ids = self.encode(fixed + kept)
-            truncated = len(last_ids) - len(self.tokenizer.encode(shortened, add_special_tokens=False))
-        return TrimResult(ids, dropped, truncated)
+    def decode_text(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
     # --- scoring --------------------------------------------------------------------------
 

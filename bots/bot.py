@@ -13,7 +13,7 @@ from itertools import chain
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bots.backbone import Backbone
+from bots.backbone_base import BackboneBase
 from bots.conversation import clean_conversation
 from bots.generation import GenerationSettings, GenerationStats
 from bots.safety import Screening, screen
@@ -87,7 +87,7 @@ class ReplyStream:
 @dataclass
 class Bot(ABC):
     spec: VariantSpec
-    backbone: Backbone
+    backbone: BackboneBase
     prompt: PromptSpec
     availability: Availability = field(default_factory=lambda: Availability(True))
 
@@ -123,7 +123,7 @@ class Bot(ABC):
         if not prefix:
             return ReplyStream(self.backbone.stream(trimmed.prompt_ids, self.adapter, settings, stats), stats, trimmed.notice)
         # The escalation opens the reply and the model continues after it, so what follows reads on.
-        prefix_ids = self.backbone.tokenizer.encode(prefix, add_special_tokens=False)
+        prefix_ids = self.backbone.encode_text(prefix)
         pieces = chain([prefix], self.backbone.stream(trimmed.prompt_ids + prefix_ids, self.adapter, settings, stats))
         return ReplyStream(pieces, stats, trimmed.notice, _guard_note(screening))
 

