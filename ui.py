@@ -17,6 +17,7 @@ import gradio as gr
 
 from bots.base_model import BaseModelSpec
 from bots.registry import get_runtime
+from webui.admission import current_gate
 from webui.arena_tab import build_arena_tab
 from webui.chat_tab import build_chat_tab
 from webui.compare_tab import build_compare_tab
@@ -45,7 +46,8 @@ def build_demo() -> gr.Blocks:
             build_lab_tab(demo)
         with gr.Tab("Report"):
             build_report_tab()
-    demo.queue(max_size=32, default_concurrency_limit=4)
+    # Generation requests are admitted by webui/admission.py (a clear 'busy' answer); Gradio's queue is only the last resort.
+    demo.queue(max_size=current_gate().config.gradio_queue_max_size, default_concurrency_limit=4)
     return demo
 
 

@@ -7,6 +7,8 @@
 ``batch`` reads lines ``{"id": ..., "messages": [...]}`` and writes, per line, the same id
 plus ``reply``, ``latency_s``, ``ttft_s``, ``new_tokens`` (and ``error`` for a line that
 could not be answered). Decoding is greedy by default, so results are reproducible.
+Card-like numbers and CVVs are masked (bots.safety.mask_card_numbers) in everything the CLI
+prints or writes: a reply may repeat the card number a user typed.
 Global options: ``--base-model`` (``embedded``, a hub id or a local folder) and
 ``--adapters-dir``.
 """
@@ -15,8 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -25,8 +28,12 @@ from bots.bot import VariantUnavailable
 from bots.conversation import ConversationError
 from bots.generation import GenerationSettings, SettingsError
 from bots.registry import VARIANTS, Runtime, UnknownVariant, get_runtime
+from bots.safety import mask_card_numbers
 
 EXIT_USAGE = 2
+# The end of a text that more text could still turn into (part of) a card number or a CVV:
+# a run of digits, spaces and dashes with a digit in it.
+_OPEN_DIGITS = re.compile(r"[\d -]*\d[\d -]*$")
 
 
 class BatchInputError(ValueError):
@@ -70,11 +77,29 @@ def command_list(runtime: Runtime, out: TextIO) -> int:
     return 0
 
 
+def masked_pieces(pieces: Iterable[str]) -> Iterator[str]:
+    """Stream text with card numbers masked: a trailing run of digits is held back until the
+    text after it shows whether it is a card number; what was printed is never taken back."""
+    text, shown = "", ""
+    for piece in pieces:
+        text += piece
+        open_run = _OPEN_DIGITS.search(text)
+        # Masking only rewrites digit runs (keywords and other text stay), so the masked text up
+        # to a cut before the open run is a prefix of the final masked text.
+        masked = mask_card_numbers(text[: open_run.start()] if open_run else text)
+        if len(masked) > len(shown):
+            yield masked[len(shown) :]
+            shown = masked
+    rest = mask_card_numbers(text)[len(shown) :]
+    if rest:
+        yield rest
+
+
 def command_ask(runtime: Runtime, args: argparse.Namespace, out: TextIO) -> int:
     stream = runtime.bot(args.variant).stream([{"role": "user", "content": args.question}], settings_from(args))
     if stream.notice:
         print(f"[note: {stream.notice}]", file=sys.stderr)
-    for piece in stream:
+    for piece in masked_pieces(stream):
         out.write(piece)
         out.flush()
     out.write("\n")
@@ -116,10 +141,10 @@ def command_batch(runtime: Runtime, args: argparse.Namespace) -> int:
                 messages = [m for m in record["messages"] if not (isinstance(m, dict) and m.get("role") == "system")]
                 reply = bot.reply(messages, settings)
                 stats = reply.stats
-                result.update(reply=reply.text, latency_s=round(stats.latency_s, 4), ttft_s=round(stats.ttft_s, 4), new_tokens=stats.new_tokens, prompt_tokens=stats.prompt_tokens)
+                result.update(reply=mask_card_numbers(reply.text), latency_s=round(stats.latency_s, 4), ttft_s=round(stats.ttft_s, 4), new_tokens=stats.new_tokens, prompt_tokens=stats.prompt_tokens)
             except ConversationError as exc:
                 failures += 1
-                result["error"] = f"line {number}: {exc}"
+                result["error"] = mask_card_numbers(f"line {number}: {exc}")
             out.write(json.dumps(result, ensure_ascii=False) + "\n")
             out.flush()
             print(f"{record['id']}: {result.get('new_tokens', 0)} tokens" + (f" (error: {result['error']})" if "error" in result else ""), file=sys.stderr)

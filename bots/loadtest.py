@@ -6,12 +6,14 @@
 N sessions (one gradio_client each) send single-turn greedy requests that cycle through the
 available variants (a variant whose status says 'unavailable' is skipped) and each domain's
 example questions (prompts/<domain>.yaml), until the request budget is spent or the duration
-is over. It prints requests sent, completed, failed and lost, and p50/p95 latency. Then every
+is over. It prints requests sent, completed, failed, busy and lost, and p50/p95 latency. Busy
+requests were refused at once because the UI was full (webui/admission.py, or Gradio's own
+queue): the UI doing its job under overload, so counted apart and not a failure. Then every
 distinct (variant, message) is run again alone, one at a time: each reply under load must equal
 its lone run (nothing mixed), and every request sent must have come back (nothing lost).
 
 Loopback only: the URL must point at this machine. Exit status 0 when all is well, 1 on any
-failure, loss or mismatch, 2 on bad usage.
+failure, loss or mismatch (or when nothing completed), 2 on bad usage.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from gradio_client.utils import QueueError
 
 from bots.registry import VARIANTS
 from prompts import load_prompt_spec
+from webui.admission import is_busy
 from webui.common import message_text
 
 API_NAME = "/chat"
@@ -62,7 +65,7 @@ class Outcome:
     lost: bool = False
     """No answer within the request timeout."""
     busy: bool = False
-    """Refused at once because the UI's queue was full (ui.py: queue max_size)."""
+    """Refused at once because the UI was full: its busy status (webui/admission.py) or Gradio's queue-full error."""
 
 
 @dataclass
@@ -80,7 +83,7 @@ class LoadReport:
 
     @property
     def failed(self) -> list[Outcome]:
-        return [o for o in self.outcomes if o.reply is None and not o.lost]
+        return [o for o in self.outcomes if o.reply is None and not o.lost and not o.busy]
 
     @property
     def busy(self) -> list[Outcome]:
@@ -132,7 +135,7 @@ def chat_once(client: Client, request: ChatRequest, max_new_tokens: int, timeout
         outcome.lost = True
         outcome.error = f"no answer within {timeout_s:.0f}s"
         return outcome
-    except QueueError as exc:  # the queue is full: gradio refuses before the handler runs
+    except QueueError as exc:  # Gradio's own queue is full (a flood past the UI's admission limit)
         outcome.busy = True
         outcome.error = f"busy: {exc}"
         return outcome
@@ -142,6 +145,10 @@ def chat_once(client: Client, request: ChatRequest, max_new_tokens: int, timeout
     finally:
         outcome.latency_s = time.perf_counter() - started
     outcome.status = str(status)
+    if is_busy(outcome.status):  # the UI's admission control refused it, at once
+        outcome.busy = True
+        outcome.error = outcome.status
+        return outcome
     turns = history or []
     # The answer must be to this request: our message, then one reply, from the variant we asked.
     if len(turns) != 2 or message_text(turns[0].get("content")) != request.message or not outcome.status.startswith(f"{request.variant}:"):
@@ -244,13 +251,13 @@ def format_report(report: LoadReport) -> str:
     sent = len(report.outcomes)
     rate = len(report.completed) / report.wall_s if report.wall_s else 0.0
     lines = [
-        f"sessions: {report.sessions}; requests planned {report.planned}, sent {sent}, completed {len(report.completed)}, failed {len(report.failed)} (of which busy, queue full: {len(report.busy)}), lost {len(report.lost)}",
+        f"sessions: {report.sessions}; requests planned {report.planned}, sent {sent}, completed {len(report.completed)}, failed {len(report.failed)}, busy {len(report.busy)}, lost {len(report.lost)}",
         f"latency: p50 {report.latency(0.5):.2f}s, p95 {report.latency(0.95):.2f}s, max {report.latency(1.0):.2f}s; {rate:.2f} requests/s over {report.wall_s:.1f}s",
         "variants: " + ", ".join(sorted({o.request.variant for o in report.outcomes})) + (f" (skipped as unavailable: {', '.join(report.unavailable)})" if report.unavailable else ""),
     ]
     if report.busy:
         lines.append(f"  BUSY {len(report.busy)} request(s) refused at once: {report.busy[0].error}")
-    for outcome in [o for o in report.failed if not o.busy] + report.lost:
+    for outcome in report.failed + report.lost:
         lines.append(f"  {'LOST' if outcome.lost else 'FAILED'} {outcome.request.variant} {outcome.request.message!r}: {outcome.error}")
     lines.append(f"replay: {len({o.request for o in report.completed})} distinct requests re-run alone, {len(report.mismatches)} mismatch(es)")
     lines += [f"  MISMATCH {m}" for m in report.mismatches]

@@ -48,7 +48,7 @@ def test_concurrent_sessions_lose_and_mix_nothing(tiny_runtime: Runtime) -> None
 def test_command_line_serves_the_ui_itself(tiny_runtime: Runtime, capsys: pytest.CaptureFixture[str]) -> None:
     assert loadtest.main(["--serve", "--sessions", "2", "--requests", "4", "--max-new-tokens", "16"]) == 0
     out = capsys.readouterr().out
-    assert "sent 4, completed 4, failed 0" in out and "lost 0" in out
+    assert "sent 4, completed 4, failed 0, busy 0, lost 0" in out
     assert "p50" in out and "p95" in out and "OK: nothing lost, nothing mixed" in out
 
 
@@ -73,4 +73,26 @@ def test_latency_quantiles_use_completed_requests_only() -> None:
     report.outcomes = [loadtest.Outcome(request, 0, latency_s=float(s), reply="x") for s in (1, 2, 3, 4)]
     report.outcomes.append(loadtest.Outcome(request, 0, latency_s=99.0, error="busy: Queue is full!", busy=True))
     assert (report.latency(0.5), report.latency(0.95)) == (2.0, 4.0)
-    assert len(report.busy) == len(report.failed) == 1 and not report.ok
+    assert len(report.busy) == 1 and not report.failed and report.ok  # busy is counted apart, not a failure
+
+
+def test_busy_requests_are_counted_apart_from_failures(tiny_runtime: Runtime) -> None:
+    from tests.gates import small_gate
+    from webui.admission import is_busy
+
+    request = loadtest.ChatRequest("ecommerce-prompt", "ecommerce", "prompt", "hi")
+    with loadtest.serve_ui() as url, small_gate(max_in_flight=1) as gate:
+        client = loadtest._client(url)
+        someone = gate.admit()  # the UI is full
+        busy = loadtest.chat_once(client, request, 16, timeout_s=30)
+        gate.leave(someone)
+        done = loadtest.chat_once(client, request, 16, timeout_s=30)
+    assert busy.busy and not busy.lost and busy.reply is None and is_busy(busy.error or "") and busy.latency_s < 5
+    assert done.reply is not None and not done.busy
+    failed = loadtest.Outcome(request, 0, error="AppError: boom")
+    report = loadtest.LoadReport(sessions=1, planned=3, outcomes=[done, busy, failed], wall_s=1.0)
+    assert report.busy == [busy] and report.failed == [failed] and report.completed == [done]
+    text = loadtest.format_report(report)
+    assert "sent 3, completed 1, failed 1, busy 1, lost 0" in text and "BUSY 1 request(s)" in text and "FAILED" in text
+    report.outcomes.remove(failed)
+    assert report.ok and "OK: nothing lost" in loadtest.format_report(report)

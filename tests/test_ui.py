@@ -119,3 +119,67 @@ def test_cancelling_a_reply_frees_the_model_within_a_second(served: tuple[Client
     finally:
         hook.remove()
     assert freed_after < 1.0, f"the model stayed busy {freed_after:.2f}s after the cancel"
+
+
+# --- a full server: admission control (webui/admission.py) ------------------------------------
+
+
+def _one_turn(client: Client) -> list[dict]:
+    """A conversation of one exchange, as the page sends it back."""
+    return client.predict("hi", [], "ecommerce", "prompt", 16, 0.0, 0.95, 1.1, api_name="/chat")[0]
+
+
+def test_a_full_server_answers_busy_at_once_and_the_running_reply_completes(served: tuple[Client, Runtime]) -> None:
+    import time
+
+    from tests.gates import small_gate, wait_until
+    from webui.admission import is_busy
+
+    client, runtime = served
+    other = Client(client.src, verbose=False)  # a second person
+    HISTORY = _one_turn(other)
+    with small_gate(max_in_flight=1) as gate:
+        runtime.backbone.lock.acquire()  # a slow generation: the first request holds its place until released
+        try:
+            first = client.submit("hello", [], "ecommerce", "lora", 16, 0.0, 0.95, 1.1, api_name="/chat")
+            wait_until(lambda: gate.in_flight == 1, what="the first request to be admitted")
+            started = time.monotonic()
+            history, textbox, status = other.predict("next?", HISTORY, "ecommerce", "prompt", 16, 0.0, 0.95, 1.1, api_name="/chat")
+            refused_after = time.monotonic() - started
+        finally:
+            runtime.backbone.lock.release()
+        assert is_busy(status) and "1 person is ahead of you" in status and "few seconds" in status
+        assert history == HISTORY and textbox == "next?"  # the conversation and the typed message stay
+        assert refused_after < 5.0, f"the busy answer took {refused_after:.1f}s"
+        history, _, status = first.result(timeout=30)
+        assert status.startswith("ecommerce-lora:") and [m["role"] for m in history] == ["user", "assistant"]
+        wait_until(lambda: gate.in_flight == 0, what="the first request to leave")
+        _, _, status = other.predict("next?", HISTORY, "ecommerce", "prompt", 16, 0.0, 0.95, 1.1, api_name="/chat")
+        assert status.startswith("ecommerce-prompt:")  # room again: the retry is answered
+
+
+def test_a_waiting_request_shows_people_ahead_and_stop_frees_its_place(served: tuple[Client, Runtime]) -> None:
+    from tests.gates import small_gate, wait_until
+    from webui.admission import waiting_text
+
+    client, runtime = served
+    second, third = Client(client.src, verbose=False), Client(client.src, verbose=False)
+    HISTORY = _one_turn(second)
+    with small_gate(max_in_flight=3) as gate:
+        runtime.backbone.lock.acquire()
+        try:
+            first = client.submit("hello", [], "ecommerce", "lora", 16, 0.0, 0.95, 1.1, api_name="/chat")
+            wait_until(lambda: gate.in_flight == 1, what="the first request to be admitted")
+            waiting = second.submit("next?", HISTORY, "ecommerce", "prompt", 16, 0.0, 0.95, 1.1, api_name="/chat")
+            wait_until(lambda: gate.in_flight == 2, what="the second request to be admitted")
+            stopped = third.submit("later", [], "medical", "prompt", 16, 0.0, 0.95, 1.1, api_name="/chat")
+            wait_until(lambda: gate.in_flight == 3, what="the third request to be admitted")
+            wait_until(lambda: any(o[2] == waiting_text(1) for o in waiting.outputs()), what="the 'people ahead' status")
+            stopped.cancel()
+            wait_until(lambda: gate.in_flight == 2, what="the stopped request to leave")
+        finally:
+            runtime.backbone.lock.release()
+        assert first.result(timeout=30)[2].startswith("ecommerce-lora:")
+        history, _, status = waiting.result(timeout=30)
+        assert status.startswith("ecommerce-prompt:") and len(history) == 4
+        wait_until(lambda: gate.in_flight == 0, what="every request to leave")

@@ -21,6 +21,7 @@ import gradio as gr
 
 from bots.registry import DOMAINS, VARIANTS, get_runtime
 from prompts import load_prompt_spec
+from webui.admission import admitted, generation_events
 from webui.common import chat_pane
 from webui.leaderboard import TABLE_HEADERS, LeaderboardConfig, standings, standings_table
 from webui.turns import SETTINGS_COUNT, TURN_ERRORS, PaneTurn, build_settings_controls, settings_from, settings_record
@@ -64,6 +65,16 @@ def draw_pair(domain: str, seed: int) -> tuple[str, str]:
     return first, second
 
 
+def _busy(text: str, message: str, domain: str, *settings_and_round: object) -> tuple[object, ...]:
+    """Refused: both panes and the previous round stay, the message stays typed."""
+    return gr.skip(), gr.skip(), message, text, gr.skip(), settings_and_round[SETTINGS_COUNT]
+
+
+def _waiting(text: str, *_: object) -> tuple[object, ...]:
+    return gr.skip(), gr.skip(), gr.skip(), text, gr.skip(), gr.skip()
+
+
+@admitted(_busy, _waiting)
 def arena_send(message: str, domain: str, *settings_and_round: object) -> Iterator[tuple[object, ...]]:
     """Start a round and stream A's reply, then B's. Yields (chat A, chat B, textbox, status, reveal, round)."""
     settings_values, previous = settings_and_round[:SETTINGS_COUNT], settings_and_round[SETTINGS_COUNT]
@@ -162,8 +173,8 @@ def build_arena_tab(demo: gr.Blocks) -> None:
     board = [*tables, csv_button, jsonl_button]
     send_inputs = [message, domain, *settings, round_state]
     send_outputs = [chat_a, chat_b, message, status, revealed, round_state]
-    message.submit(arena_send, send_inputs, send_outputs, concurrency_limit=4, api_name="arena_send")
-    send.click(arena_send, send_inputs, send_outputs, concurrency_limit=4, api_visibility="private")
+    message.submit(arena_send, send_inputs, send_outputs, **generation_events(), api_name="arena_send")
+    send.click(arena_send, send_inputs, send_outputs, **generation_events(), api_visibility="private")
     for outcome, button in vote_buttons.items():
         button.click(partial(cast_vote, outcome), round_state, [round_state, status, revealed, *board], api_name=f"arena_vote_{outcome}")
     refresh.click(leaderboard_outputs, None, board, api_name="leaderboard")

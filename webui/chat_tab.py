@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import gradio as gr
 
 from bots.registry import DOMAINS, get_runtime
+from webui.admission import admitted, chat_busy, chat_waiting, generation_events
 from webui.common import METHODS, ChatHistory, chat_pane, example_samples, variant_for, variant_status
 from webui.turns import TURN_ERRORS, PaneTurn, build_settings_controls, settings_from
 
@@ -15,6 +16,7 @@ def describe_variant(domain: str, method: str) -> str:
     return get_runtime().bot(variant_for(domain, method).name).describe()
 
 
+@admitted(chat_busy, chat_waiting)
 def respond(message: str, history: ChatHistory, domain: str, method: str, max_new_tokens: float, temperature: float, top_p: float, repetition_penalty: float, seed: float = 0, guard: bool = True) -> Iterator[tuple[ChatHistory, str, str]]:
     """Stream the selected variant's reply into the chat; errors keep the history and the text."""
     history = list(history or [])
@@ -53,8 +55,8 @@ def build_chat_tab(demo: gr.Blocks) -> None:
 
     inputs = [message, chatbot, domain, method, *settings, guard]
     outputs = [chatbot, message, status]
-    submit_event = message.submit(respond, inputs, outputs, concurrency_limit=4, api_name="chat")
-    click_event = send.click(respond, inputs, outputs, concurrency_limit=4, api_visibility="private")
+    submit_event = message.submit(respond, inputs, outputs, **generation_events(), api_name="chat")
+    click_event = send.click(respond, inputs, outputs, **generation_events(), api_visibility="private")
     stop.click(None, None, None, cancels=[submit_event, click_event])
     clear.click(lambda: ([], "", ""), None, [chatbot, message, status], queue=False)
     examples.click(lambda sample: sample[0], examples, message, queue=False)

@@ -14,6 +14,7 @@ import gradio as gr
 
 from bots.registry import DOMAINS, VARIANTS, get_runtime
 from prompts import load_prompt_spec
+from webui.admission import admitted, generation_events
 from webui.common import ChatHistory, chat_pane
 from webui.turns import SETTINGS_COUNT, TURN_ERRORS, PaneTurn, build_settings_controls, settings_from
 
@@ -39,6 +40,19 @@ def variants_in(scope: str) -> list[str]:
     return [name for name in PANES if scope == ALL or VARIANTS[name].domain == scope]
 
 
+def _busy(text: str, message: str, scope: str, *settings_and_histories: object) -> tuple[object, ...]:
+    """Refused: every pane keeps its conversation, the message stays typed, the shown panes say why."""
+    histories = settings_and_histories[SETTINGS_COUNT:]
+    shown = set(variants_in(scope))
+    return (message, *(list(h or []) for h in histories), *(text if name in shown else gr.skip() for name in PANES))
+
+
+def _waiting(text: str, message: str, scope: str, *_: object) -> tuple[object, ...]:
+    shown = set(variants_in(scope))
+    return (gr.skip(), *(gr.skip() for _ in PANES), *(text if name in shown else gr.skip() for name in PANES))
+
+
+@admitted(_busy, _waiting)
 def compare(message: str, scope: str, *settings_and_histories: object) -> Iterator[tuple[object, ...]]:
     """Stream each variant's reply into its pane. Yields (textbox, *pane histories, *pane stats)."""
     settings_values, histories = settings_and_histories[:SETTINGS_COUNT], settings_and_histories[SETTINGS_COUNT:]
@@ -111,8 +125,8 @@ def build_compare_tab(demo: gr.Blocks) -> None:
     panes = [chatbots[name] for name in PANES]
     inputs = [message, scope, *settings, *panes]
     outputs = [message, *panes, *(stats[name] for name in PANES)]
-    submit_event = message.submit(compare, inputs, outputs, concurrency_limit=4, api_name="compare")
-    click_event = send.click(compare, inputs, outputs, concurrency_limit=4, api_visibility="private")
+    submit_event = message.submit(compare, inputs, outputs, **generation_events(), api_name="compare")
+    click_event = send.click(compare, inputs, outputs, **generation_events(), api_visibility="private")
     stop.click(None, None, None, cancels=[submit_event, click_event])
     clear.click(clear_all, None, outputs, queue=False, api_name="compare_clear")
     scope.change(lambda s: [gr.Row(visible=s in (ALL, domain)) for domain in DOMAINS], scope, list(rows.values()), queue=False, api_visibility="private")

@@ -20,6 +20,7 @@ import yaml
 from bots.bot import PromptOverride
 from bots.registry import DOMAINS, VARIANTS, get_runtime
 from prompts import FewShotExample, PromptSpec, load_prompt_spec
+from webui.admission import admitted, chat_busy, chat_waiting, generation_events
 from webui.common import ChatHistory, chat_pane
 from webui.turns import SETTINGS_COUNT, TURN_ERRORS, PaneTurn, build_settings_controls, settings_from
 
@@ -108,6 +109,7 @@ def reset_lab(domain: str) -> tuple[object, ...]:
     return spec.system_prompt, few_shot_yaml(spec.few_shot), None, NO_CHANGES, "Using the shipped template.", []
 
 
+@admitted(chat_busy, chat_waiting)
 def lab_chat(message: str, history: ChatHistory, domain: str, *settings_and_draft: object) -> Iterator[tuple[ChatHistory, str, str]]:
     """Chat with the domain's prompt variant under the session's draft. Yields (chat, textbox, status)."""
     settings_values, draft = settings_and_draft[:SETTINGS_COUNT], settings_and_draft[SETTINGS_COUNT]
@@ -164,6 +166,6 @@ def build_lab_tab(demo: gr.Blocks) -> None:
     domain.change(reset_lab, domain, reset_outputs, api_visibility="private")
     chat_inputs = [message, chatbot, domain, *settings, draft]
     chat_outputs = [chatbot, message, chat_status]
-    message.submit(lab_chat, chat_inputs, chat_outputs, concurrency_limit=4, api_name="lab_chat")
-    send.click(lab_chat, chat_inputs, chat_outputs, concurrency_limit=4, api_visibility="private")
+    message.submit(lab_chat, chat_inputs, chat_outputs, **generation_events(), api_name="lab_chat")
+    send.click(lab_chat, chat_inputs, chat_outputs, **generation_events(), api_visibility="private")
     clear.click(lambda: ([], "", ""), None, [chatbot, message, chat_status], queue=False, api_visibility="private")

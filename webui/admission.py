@@ -1,0 +1,234 @@
+"""Admission control for the generation handlers: a clear "busy" answer when the server is full.
+
+Why our own gate rather than Gradio's ``queue(max_size=...)`` alone: Gradio (6.31) refuses a
+request over ``max_size`` before any handler runs and has no hook for the message, so all a
+browser user gets is its generic "Queue is full" toast (no count of people ahead, nothing in
+the chat's status), and gradio_client raises a bare QueueError. Gradio also counts per event
+listener, while every generation handler (Chat, Side by side, Arena, Prompt lab) waits on
+the same single model.
+
+So the gate counts the generation requests in this process, across tabs, in arrival order:
+the first ``max_running`` (one: the backbone generates one reply at a time) run, the others
+wait their turn in order, and over ``max_in_flight`` a request is answered at once with
+busy text naming how many people are ahead. Handlers wrapped with ``admitted`` show it in
+their status area (with a gr.Warning toast), keep the conversation and the typed message,
+and return; API clients get it as a normal answer whose status ``is_busy``. A waiting
+request shows "N people ahead of you" (status only: what the user types meanwhile stays)
+and yields between polls, so Stop frees its place.
+
+For requests to reach the gate at once, the generation events share one Gradio concurrency
+group (``generation_events``) whose limit is above ``max_in_flight``, and Gradio's own queue
+(ui.py) is larger still: its toast is only a last resort for a flood. Limit: environment
+variable TOP_MAX_IN_FLIGHT (default 16). Waiting requests hold Gradio worker threads (40
+by default), so the group's limit must stay below that.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from itertools import count
+
+import gradio as gr
+
+ENV_MAX_IN_FLIGHT = "TOP_MAX_IN_FLIGHT"
+GRADIO_WORKER_THREADS = 40
+"""Gradio's default ``max_threads`` (Blocks.launch): sync handlers run on these threads."""
+CONCURRENCY_ID = "generation"
+BUSY_MARK = "Server busy"
+WARNING = "⚠️ "
+
+Frame = tuple[object, ...]
+Handler = Callable[..., Iterator[Frame]]
+Notice = Callable[..., Frame]
+"""(status text, *the handler's arguments) -> one frame of the handler's outputs showing the text."""
+
+
+@dataclass(frozen=True)
+class AdmissionConfig:
+    """How many generation requests the server takes in at once."""
+
+    max_in_flight: int = 16
+    """Requests admitted at once, running or waiting; one more is answered 'busy'."""
+    max_running: int = 1
+    """Admitted requests that run at once; more would only wait on the backbone's lock, out of order."""
+    refusal_slots: int = 8
+    """Room in the Gradio concurrency group above max_in_flight, so refusals run at once too."""
+    gradio_queue_max_size: int = 128
+    """Gradio's own queue (ui.py): above everything the gate answers, so its toast is a last resort."""
+    poll_s: float = 1.0
+    """How often a waiting request refreshes its 'people ahead' status (and can be stopped)."""
+
+    @property
+    def dispatch_limit(self) -> int:
+        """concurrency_limit of the generation group: every admitted request plus the refusals."""
+        return self.max_in_flight + self.refusal_slots
+
+    @classmethod
+    def from_env(cls) -> AdmissionConfig:
+        raw = os.environ.get(ENV_MAX_IN_FLIGHT, "").strip()
+        if not raw:
+            return cls().validate()
+        try:
+            return cls(max_in_flight=int(raw)).validate()
+        except ValueError as exc:
+            raise ValueError(f"{ENV_MAX_IN_FLIGHT}={raw!r}: {exc}") from exc
+
+    def validate(self) -> AdmissionConfig:
+        if self.max_in_flight < 1 or not 1 <= self.max_running <= self.max_in_flight:
+            raise ValueError("max_in_flight must be at least 1, and max_running from 1 to max_in_flight")
+        if self.refusal_slots < 1 or self.poll_s <= 0:
+            raise ValueError("refusal_slots and poll_s must be positive")
+        if self.dispatch_limit >= GRADIO_WORKER_THREADS:
+            raise ValueError(f"max_in_flight + refusal_slots must stay below Gradio's {GRADIO_WORKER_THREADS} worker threads (waiting requests hold one)")
+        if self.gradio_queue_max_size <= self.dispatch_limit:
+            raise ValueError("gradio_queue_max_size must be above max_in_flight + refusal_slots")
+        return self
+
+
+class ServerBusy(Exception):
+    """No room for one more generation request; ``ahead`` people are already in."""
+
+    def __init__(self, ahead: int) -> None:
+        self.ahead = ahead
+        super().__init__(busy_text(ahead))
+
+
+def _people(n: int) -> str:
+    return "1 person is" if n == 1 else f"{n} people are"
+
+
+def busy_text(ahead: int) -> str:
+    return f"{BUSY_MARK}: {_people(ahead)} ahead of you. Your conversation is kept: send your message again in a few seconds."
+
+
+def waiting_text(ahead: int) -> str:
+    return f"⏳ Waiting for the model: {_people(ahead)} ahead of you…"
+
+
+def is_busy(status: str) -> bool:
+    """Whether a handler's status is the busy answer (for API clients such as bots/loadtest.py)."""
+    return str(status).removeprefix(WARNING).startswith(BUSY_MARK)
+
+
+@dataclass(frozen=True, eq=False)
+class Ticket:
+    """One admitted request's place in line (compared by identity)."""
+
+    number: int
+
+
+class Gate:
+    """Admits up to ``max_in_flight`` requests and lets them run in arrival order. Thread-safe."""
+
+    def __init__(self, config: AdmissionConfig | None = None) -> None:
+        self.config = (config or AdmissionConfig()).validate()
+        self._changed = threading.Condition()
+        self._line: list[Ticket] = []  # arrival order: the first max_running ones run
+        self._numbers = count(1)
+
+    @property
+    def in_flight(self) -> int:
+        with self._changed:
+            return len(self._line)
+
+    def admit(self) -> Ticket:
+        """A place in line, or ServerBusy at once when the line is full."""
+        with self._changed:
+            if len(self._line) >= self.config.max_in_flight:
+                raise ServerBusy(len(self._line))
+            ticket = Ticket(next(self._numbers))
+            self._line.append(ticket)
+            return ticket
+
+    def ahead_of(self, ticket: Ticket) -> int:
+        """People who must finish before this ticket runs (0: its turn)."""
+        with self._changed:
+            return self._ahead(ticket)
+
+    def wait_turn(self, ticket: Ticket, timeout_s: float) -> int:
+        """Wait up to ``timeout_s`` for the ticket's turn; returns ``ahead_of`` then."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._ahead(ticket) == 0, timeout_s)
+            return self._ahead(ticket)
+
+    def leave(self, ticket: Ticket) -> None:
+        with self._changed:
+            if ticket in self._line:
+                self._line.remove(ticket)
+            self._changed.notify_all()
+
+    def _ahead(self, ticket: Ticket) -> int:
+        return max(0, self._line.index(ticket) - self.config.max_running + 1)
+
+
+_gate: Gate | None = None
+_gate_lock = threading.Lock()
+
+
+def current_gate() -> Gate:
+    """The process's gate (from the environment on first use)."""
+    global _gate
+    with _gate_lock:
+        if _gate is None:
+            _gate = Gate(AdmissionConfig.from_env())
+        return _gate
+
+
+def set_gate(gate: Gate | None) -> None:
+    """Use this gate (tests); None: back to one from the environment on next use."""
+    global _gate
+    with _gate_lock:
+        _gate = gate
+
+
+def generation_events() -> dict[str, object]:
+    """Keyword arguments for every generation event listener (.submit, .click): one shared group."""
+    return {"concurrency_id": CONCURRENCY_ID, "concurrency_limit": current_gate().config.dispatch_limit}
+
+
+def admitted(busy: Notice, waiting: Notice) -> Callable[[Handler], Handler]:
+    """Run a streaming handler only once the gate lets it.
+
+    ``busy`` frames the refusal, the handler's last frame: it gives back the conversation and
+    the typed message (API clients get them too). ``waiting`` frames the wait: status only,
+    gr.skip() elsewhere, so a frame every poll never overwrites what the user types meanwhile.
+    """
+
+    def wrap(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        def gated(*args: object) -> Iterator[Frame]:
+            gate = current_gate()
+            try:
+                ticket = gate.admit()
+            except ServerBusy as refusal:
+                gr.Warning(str(refusal))
+                yield busy(WARNING + str(refusal), *args)
+                return
+            try:
+                ahead = gate.ahead_of(ticket)
+                while ahead:
+                    # A yield between polls lets Gradio close us on Stop, which frees the place in line.
+                    yield waiting(waiting_text(ahead), *args)
+                    ahead = gate.wait_turn(ticket, gate.config.poll_s)
+                yield from handler(*args)
+            finally:
+                gate.leave(ticket)
+
+        return gated
+
+    return wrap
+
+
+# Notices for the chat-like handlers: inputs (message, history, ...), outputs (history, textbox, status).
+
+
+def chat_busy(text: str, message: str, history: list | None, *_: object) -> Frame:
+    return list(history or []), message, text
+
+
+def chat_waiting(text: str, *_: object) -> Frame:
+    return gr.skip(), gr.skip(), text
