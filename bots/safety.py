@@ -44,9 +44,11 @@ class EmergencyMatch:
 
 @dataclass(frozen=True)
 class _Combination:
-    """Matches when every pattern has a live (not negated, not over) occurrence in the message."""
+    """Matches when every pattern has a live (not negated, not over) occurrence in the message,
+    and none of the ``unless`` patterns (an everyday explanation: "numb from the dentist") occurs."""
 
     patterns: tuple[re.Pattern[str], ...]
+    unless: tuple[re.Pattern[str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ class _RedFlag:
     escalation: tuple[str, ...]
     rules: tuple[_Combination, ...]
     infant_fever: _InfantFever | None = None
+    recurring_counts: bool = False
+    """True where a recurring occurrence is still an emergency (thoughts of suicide "sometimes")."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,13 @@ class SafetyRules:
     negation_cues: re.Pattern[str]
     negation_window_words: int
     resolved_cues: re.Pattern[str]
+    recurring_cues: re.Pattern[str]
+    returned_cues: re.Pattern[str]
     resolved_message: re.Pattern[str]
+    episode_past: re.Pattern[str]
+    episode_over: re.Pattern[str]
+    episode_present: re.Pattern[str]
+    general_preface: re.Pattern[str]
     general_opening: re.Pattern[str]
     general_topic: re.Pattern[str]
     general_personal: re.Pattern[str]
@@ -98,11 +108,15 @@ class SafetyRules:
         macros: dict[str, str] = data["macros"]
 
         def compile_(pattern: str, flags: int = 0) -> re.Pattern[str]:
-            def expand(match: re.Match[str]) -> str:
+            def expand(match: re.Match[str], seen: tuple[str, ...] = ()) -> str:
                 name = match.group(1)
                 if name not in macros:
                     raise ValueError(f"{path}: unknown macro {{{name}}} in pattern {pattern!r}")
-                return f"(?:{macros[name]})"
+                if name in seen:
+                    raise ValueError(f"{path}: macro {{{name}}} refers to itself")
+                # Macros may use macros (a word class built on {cant} or {gap}).
+                inner = _MACRO.sub(lambda m: expand(m, seen + (name,)), macros[name])
+                return f"(?:{inner})"
 
             try:
                 return re.compile(_MACRO.sub(expand, pattern), flags)
@@ -114,7 +128,9 @@ class SafetyRules:
                 if name not in data["escalation_texts"]:
                     raise ValueError(f"{path}: red flag {key} names unknown escalation text {name}")
             rules = tuple(
-                _Combination(tuple(compile_(p) for p in entry["all"])) if isinstance(entry, dict) else _Combination((compile_(entry),))
+                _Combination(tuple(compile_(p) for p in entry["all"]), tuple(compile_(p) for p in entry.get("unless", [])))
+                if isinstance(entry, dict)
+                else _Combination((compile_(entry),))
                 for entry in spec.get("any", [])
             )
             infant = spec.get("infant_fever")
@@ -124,9 +140,10 @@ class SafetyRules:
                     int(infant["max_age_days"]), float(infant["min_celsius"]), float(infant["min_fahrenheit"]),
                     compile_(infant["newborn"]), compile_(infant["age"]), compile_(infant["temperature"]), compile_(infant["fever_word"]),
                 )
-            return _RedFlag(key, tuple(spec["escalation"]), rules, parser)
+            return _RedFlag(key, tuple(spec["escalation"]), rules, parser, bool(spec.get("recurring_counts", False)))
 
         general = data["general_question"]
+        episode = data["resolved_episode"]
         case_sensitive = set(data.get("injection_case_sensitive", []))
         scope = data["out_of_scope"]
         replies = data["replies"]
@@ -138,7 +155,13 @@ class SafetyRules:
             negation_cues=compile_(data["negation_cues"]),
             negation_window_words=int(data["negation_window_words"]),
             resolved_cues=compile_(data["resolved_cues"]),
+            recurring_cues=compile_(data["recurring_cues"]),
+            returned_cues=compile_(data["returned_cues"]),
             resolved_message=compile_(data["resolved_message"]),
+            episode_past=compile_(episode["past"]),
+            episode_over=compile_(episode["over"]),
+            episode_present=compile_(episode["present"]),
+            general_preface=compile_(general["preface"]),
             general_opening=compile_(general["opening"]),
             general_topic=compile_(general["topic"]),
             general_personal=compile_(general["personal"]),
@@ -215,28 +238,35 @@ def _clause(text: str, start: int, end: int) -> tuple[int, int]:
     return clause_start, clause_end
 
 
-def _is_live(text: str, start: int, end: int) -> bool:
-    """Not negated just before ("no chest pain") and not over in its clause ("... is gone")."""
+def _is_live(text: str, start: int, end: int, recurring_counts: bool = False) -> bool:
+    """Not negated just before ("no chest pain"), not over in its clause ("... is gone"), and
+    not something that keeps coming back ("every time i run"), unless recurring_counts."""
     clause_start, clause_end = _clause(text, start, end)
     # Only the last few words count: "i dont know what to do my dad collapsed" is not negated.
     words = text[clause_start:start].split()
     before = " ".join(words[max(0, len(words) - RULES.negation_window_words) :])
     if RULES.negation_cues.search(before):
         return False
-    return not RULES.resolved_cues.search(text[clause_start:clause_end])
+    clause = text[clause_start:clause_end]
+    if not recurring_counts and RULES.recurring_cues.search(clause):
+        return False
+    # "chest pain two weeks ago, now it is back": over once, happening again now.
+    return not RULES.resolved_cues.search(clause) or bool(RULES.returned_cues.search(text))
 
 
-def _live_match(pattern: re.Pattern[str], text: str) -> str | None:
+def _live_match(pattern: re.Pattern[str], text: str, recurring_counts: bool = False) -> str | None:
     for match in pattern.finditer(text):
-        if _is_live(text, match.start(), match.end()):
+        if _is_live(text, match.start(), match.end(), recurring_counts):
             return match.group()
     return None
 
 
-def _combination_match(rule: _Combination, text: str) -> str | None:
+def _combination_match(rule: _Combination, text: str, recurring_counts: bool = False) -> str | None:
+    if any(pattern.search(text) for pattern in rule.unless):
+        return None
     parts = []
     for pattern in rule.patterns:
-        found = _live_match(pattern, text)
+        found = _live_match(pattern, text, recurring_counts)
         if found is None:
             return None
         parts.append(found)
@@ -277,8 +307,22 @@ def _infant_fever_match(rule: _InfantFever, text: str) -> str | None:
 
 
 def _is_general_question(text: str) -> bool:
-    """'what are the signs of a stroke?': about a red flag in general, nobody affected now."""
+    """'what are the signs of a stroke?': about a red flag in general, nobody affected now.
+
+    A short preface ("hi,", "im a nursing student,") may come first: it says who asks, not
+    who is affected, so it is left out before looking for the opening and personal words.
+    """
+    text = RULES.general_preface.sub("", text, count=1)
     return bool(RULES.general_opening.search(text) and RULES.general_topic.search(text) and not RULES.general_personal.search(text))
+
+
+def _is_resolved_episode(text: str) -> bool:
+    """'had a panic attack yesterday, couldnt breathe but it passed': an episode that is over.
+
+    Needs a past time, words saying it ended, and nothing that says it goes on now ("still",
+    "again", "right now"): the clause-level cues cannot see across "but it passed".
+    """
+    return bool(RULES.episode_past.search(text) and RULES.episode_over.search(text) and not RULES.episode_present.search(text))
 
 
 def _flag_match(flag: _RedFlag, text: str) -> str | None:
@@ -287,7 +331,7 @@ def _flag_match(flag: _RedFlag, text: str) -> str | None:
         if found:
             return found
     for rule in flag.rules:
-        found = _combination_match(rule, text)
+        found = _combination_match(rule, text, flag.recurring_counts)
         if found:
             return found
     return None
@@ -296,7 +340,7 @@ def _flag_match(flag: _RedFlag, text: str) -> str | None:
 def detect_emergency(text: str) -> EmergencyMatch | None:
     """The red flags a message describes, with the escalation the reply must open with; None if none."""
     normalised = normalise(text)
-    if not normalised or _is_general_question(normalised) or RULES.resolved_message.search(normalised):
+    if not normalised or _is_general_question(normalised) or RULES.resolved_message.search(normalised) or _is_resolved_episode(normalised):
         return None
     found = [(flag, matched) for flag in RULES.red_flags if (matched := _flag_match(flag, normalised))]
     if not found:

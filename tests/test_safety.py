@@ -133,6 +133,71 @@ def test_look_alikes_and_general_questions_are_ordinary(text: str) -> None:
     assert detect_emergency(text) is None, text
 
 
+# --- structure of rules v4: word classes and cues, checked on phrasings in no evaluation set ---
+
+
+@pytest.mark.parametrize(
+    ("flag", "text"),
+    [
+        ("chest_pain", "pain going from my jaw into my arm and i'm clammy"),  # jaw + arm + cardiac sign
+        ("chest_pain", "my chest feels weird and I've gone grey"),  # chest + cardiac sign
+        ("stroke", "her smile looks wonky all of a sudden"),  # {droop} class
+        ("stroke", "he suddenly doesn't recognise us"),  # sudden + {confused}, words apart
+        ("stroke", "my leg gave way and one side of my face is numb"),  # {limb_weak} class
+        ("anaphylaxis", "stung by a wasp and now it's hard to swallow"),  # {allergen} + {airway}
+        ("overdose_poisoning", "took too many percocets and I'm so drowsy"),  # {drug} class, plural
+        ("overdose_poisoning", "the boiler is leaking and the whole family feels dizzy"),  # carbon monoxide unnamed
+        ("unconsciousness", "my grandma went all floppy in her chair"),
+        ("breathing", "the baby has gone blue"),  # "has gone" is not "is over" here
+        ("bleeding", "my hand is bleeding like crazy"),  # {heavy_amount} class
+        ("suicide_self_harm", "i keep thinking about ending things"),
+        ("suicide_self_harm", "sometimes I think about killing myself"),  # recurring thoughts still count
+        ("chest_pain", "I had chest pain two weeks ago and now it is back"),  # over, then returned
+        ("seizure", "he had a seizure this morning and it stopped but now he's having another one"),
+    ],
+)
+def test_structural_patterns_fire(flag: str, text: str) -> None:
+    match = detect_emergency(text)
+    assert match is not None, text
+    assert flag in match.red_flags
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I get chest pain every time I climb the stairs",  # recurring, not now
+        "had a panic attack yesterday, I couldn't breathe but it passed",  # an episode that is over
+        "I had chest pain two weeks ago, the ECG was normal",
+        "hi, I'm a teacher: what should be done for a child having a seizure?",  # a preface, then a general question
+        "half my face is numb after the dentist's injection",  # an everyday explanation (unless)
+        "my left arm aches since the flu jab and I feel a bit sick",
+        "my hair has gone limp and thin",
+        "my gums bleed loads when I floss",
+        "I ate a handful of almonds as a snack",
+        "my eczema isn't reacting to the steroid cream",
+        "my husband is fitting a new kitchen",
+        "I'm ending things with my boyfriend and feel sad",
+        "I'd rather die than go back to that gym lol",  # a figure of speech
+        "my mum is suddenly confused about her new pill schedule",  # "confused about" is not confusion
+        "my sore throat makes it painful to swallow when eating",  # not an airway sign
+        "I have gas and it smells, feel a bit sick",  # gas is not a gas leak
+        "she is not moving in with us after all",  # "not moving" house, not lying still
+        "I scratch my skin for relief from eczema",  # scratching to ease an itch is not self-harm
+    ],
+)
+def test_v4_look_alikes_stay_ordinary(text: str) -> None:
+    assert detect_emergency(text) is None, text
+
+
+def test_macros_may_use_macros_but_not_themselves(tmp_path: Path) -> None:
+    assert RULES.red_flags  # the shipped file uses nested macros ({toxic_sign} holds {cant})
+    text = Path("bots/safety_rules.yaml").read_text(encoding="utf-8")
+    looped = tmp_path / "rules.yaml"
+    looped.write_text(text.replace("macros:\n", "macros:\n  loop: '(?:a|{loop})'\n", 1).replace("'{sudden}'", "'{loop}'", 1), encoding="utf-8")
+    with pytest.raises(ValueError, match="refers to itself"):
+        SafetyRules.load(looped)
+
+
 def test_infant_fever_thresholds_and_age_limit() -> None:
     assert detect_emergency("my 2 week old baby has 38.0") is not None  # 38.0 C is the threshold
     assert detect_emergency("my 2 week old baby has 37.9") is None
