@@ -15,7 +15,8 @@ import os
 
 import gradio as gr
 
-from bots.base_model import BaseModelSpec
+from bots.backends import BACKEND_NAMES
+from bots.base_source import BaseModelSpec
 from bots.registry import get_runtime
 from webui.admission import current_gate
 from webui.arena_tab import build_arena_tab
@@ -59,10 +60,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default=os.environ.get("TOP_HOST", "0.0.0.0"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("TOP_PORT", DEFAULT_PORT)))
     parser.add_argument("--base-model", default=None, help="'embedded' (default), a hub id or a local folder; env TOP_BASE_MODEL")
+    parser.add_argument("--backend", choices=BACKEND_NAMES, default=None, help="serving backend (default auto: the fastest installed); env TOP_BACKEND")
     parser.add_argument("--no-preload", action="store_true", help="load the model on the first request instead of before serving")
     args = parser.parse_args(argv)
-    if args.base_model or not args.no_preload:
-        get_runtime(BaseModelSpec.from_env(args.base_model))
+    if args.base_model or args.backend or not args.no_preload:
+        get_runtime(BaseModelSpec.from_env(args.base_model, backend=args.backend))
     demo.launch(server_name=args.host, server_port=args.port)
 
 

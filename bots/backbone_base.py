@@ -66,6 +66,9 @@ class BackboneBase(ABC):
 
     backend: str = ""
     """Short name of the serving backend ('transformers', 'llamacpp')."""
+    parallel_replies: int = 1
+    """Replies it generates at once. 1: a stream holds the model until it is exhausted or
+    closed, so a caller must finish one stream before it reads the next."""
 
     def __init__(self, base: BaseInfo, context_tokens: int) -> None:
         self.base = base

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from itertools import chain
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,12 +123,31 @@ class Bot(ABC):
             return ReplyStream(self.backbone.stream(trimmed.prompt_ids, self.adapter, settings, stats), stats, trimmed.notice)
         # The escalation opens the reply and the model continues after it, so what follows reads on.
         prefix_ids = self.backbone.encode_text(prefix)
-        pieces = chain([prefix], self.backbone.stream(trimmed.prompt_ids + prefix_ids, self.adapter, settings, stats))
+        pieces = _Prefixed(prefix, self.backbone.stream(trimmed.prompt_ids + prefix_ids, self.adapter, settings, stats))
         return ReplyStream(pieces, stats, trimmed.notice, _guard_note(screening))
 
     def reply(self, conversation: list[Message], settings: GenerationSettings | None = None, override: PromptOverride | None = None, guard: bool = True) -> ReplyStream:
         """The whole reply at once (a consumed stream)."""
         return self.stream(conversation, settings, override, guard).consume()
+
+
+class _Prefixed(Iterator[str]):
+    """``prefix`` then the pieces of ``inner``; closing it closes ``inner`` (started or not)."""
+
+    def __init__(self, prefix: str, inner: Iterator[str]) -> None:
+        self._pending: str | None = prefix
+        self._inner = inner
+
+    def __next__(self) -> str:
+        if self._pending is not None:
+            piece, self._pending = self._pending, None
+            return piece
+        return next(self._inner)
+
+    def close(self) -> None:
+        close = getattr(self._inner, "close", None)
+        if close:
+            close()
 
 
 def _guard_note(screening: Screening) -> str:

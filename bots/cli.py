@@ -23,7 +23,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TextIO
 
-from bots.base_model import BaseModelError, BaseModelSpec
+from bots.backends import BACKEND_NAMES
+from bots.base_source import BaseModelError, BaseModelSpec
 from bots.bot import VariantUnavailable
 from bots.conversation import ConversationError
 from bots.generation import GenerationSettings, SettingsError
@@ -44,6 +45,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bots", description="Chat with the Tune or Prompt variants.")
     parser.add_argument("--base-model", default=None, help="'embedded' (default), a hub id or a local folder; env TOP_BASE_MODEL")
     parser.add_argument("--adapters-dir", type=Path, default=None, help="folder with <domain>/ adapters; env TOP_ADAPTERS_DIR")
+    parser.add_argument("--backend", choices=BACKEND_NAMES, default=None, help="serving backend (default auto: the fastest installed); env TOP_BACKEND")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="variants, their availability and the base model")
 
@@ -70,7 +72,7 @@ def settings_from(args: argparse.Namespace) -> GenerationSettings:
 
 def command_list(runtime: Runtime, out: TextIO) -> int:
     base = runtime.backbone.base
-    out.write(f"base model: {base.name} (sha256 {base.fingerprint[:12]}, loaded in {base.load_seconds:.1f}s)\n")
+    out.write(f"base model: {base.name} (sha256 {base.fingerprint[:12]}, loaded in {base.load_seconds:.1f}s, backend {runtime.backbone.backend})\n")
     for name, bot in runtime.bots.items():
         status = "available" if bot.availability.ok else f"unavailable: {bot.availability.reason}"
         out.write(f"{name:18} {bot.spec.method:7} {status}\n")
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     args = make_parser().parse_args(argv)
     out = out or sys.stdout
     try:
-        runtime = get_runtime(BaseModelSpec.from_env(args.base_model), args.adapters_dir)
+        runtime = get_runtime(BaseModelSpec.from_env(args.base_model, backend=args.backend), args.adapters_dir)
         if args.command == "list":
             return command_list(runtime, out)
         if args.command == "ask":

@@ -4,7 +4,8 @@
 maps to a bot class; a LoRA variant whose adapter cannot be loaded is kept in the registry
 as unavailable with the reason (never silently answered by the bare base model).
 
-``get_runtime()`` loads the base model once per process and builds every bot.
+``get_runtime()`` loads the base model once per process, with the backend the spec
+chooses (bots.backends), and builds every bot.
 """
 
 from __future__ import annotations
@@ -13,11 +14,16 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bots.backbone import AdapterError, Backbone
-from bots.base_model import BaseModelSpec, LoadedBase, load_base
+from bots.backbone_base import AdapterError, BackboneBase
+from bots.backends import build_backbone
+from bots.base_source import BaseModelSpec
 from bots.bot import Availability, Bot, LoraBot, PromptedBot, VariantSpec
 from prompts import load_prompt_spec
+
+if TYPE_CHECKING:
+    from bots.base_model import LoadedBase
 
 ENV_ADAPTERS = "TOP_ADAPTERS_DIR"
 PACKAGED_ADAPTERS = Path(__file__).resolve().parent / "adapters"
@@ -51,7 +57,7 @@ def default_adapters_dir() -> Path:
     return Path(env).expanduser() if env else PACKAGED_ADAPTERS
 
 
-def build_bots(backbone: Backbone, adapters_dir: Path | None = None) -> dict[str, Bot]:
+def build_bots(backbone: BackboneBase, adapters_dir: Path | None = None) -> dict[str, Bot]:
     """One bot per variant; LoRA adapters are attached to the backbone here."""
     adapters_dir = adapters_dir or default_adapters_dir()
     bots: dict[str, Bot] = {}
@@ -64,7 +70,7 @@ def build_bots(backbone: Backbone, adapters_dir: Path | None = None) -> dict[str
     return bots
 
 
-def _attach_adapter(backbone: Backbone, name: str, path: Path) -> Availability:
+def _attach_adapter(backbone: BackboneBase, name: str, path: Path) -> Availability:
     if name in backbone.adapters:
         return Availability(True)
     try:
@@ -78,7 +84,7 @@ def _attach_adapter(backbone: Backbone, name: str, path: Path) -> Availability:
 class Runtime:
     """Everything a process serves: the backbone and the four bots."""
 
-    backbone: Backbone
+    backbone: BackboneBase
     bots: dict[str, Bot]
 
     def bot(self, name: str) -> Bot:
@@ -86,9 +92,15 @@ class Runtime:
         return self.bots[name]
 
     @classmethod
-    def from_base(cls, base: LoadedBase, adapters_dir: Path | None = None) -> "Runtime":
-        backbone = Backbone(base)
+    def from_backbone(cls, backbone: BackboneBase, adapters_dir: Path | None = None) -> Runtime:
         return cls(backbone, build_bots(backbone, adapters_dir))
+
+    @classmethod
+    def from_base(cls, base: LoadedBase, adapters_dir: Path | None = None) -> Runtime:
+        """A transformers runtime around an already loaded base (tests use the tiny model)."""
+        from bots.backbone import Backbone
+
+        return cls.from_backbone(Backbone(base), adapters_dir)
 
 
 _runtime: Runtime | None = None
@@ -100,7 +112,13 @@ def get_runtime(spec: BaseModelSpec | None = None, adapters_dir: Path | None = N
     global _runtime
     with _runtime_lock:
         if _runtime is None:
-            _runtime = Runtime.from_base(load_base(spec), adapters_dir)
+            _runtime = Runtime.from_backbone(build_backbone(spec or BaseModelSpec.from_env()), adapters_dir)
+        return _runtime
+
+
+def peek_runtime() -> Runtime | None:
+    """The process's runtime if it is loaded; never loads it."""
+    with _runtime_lock:
         return _runtime
 
 

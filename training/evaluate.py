@@ -413,7 +413,8 @@ def main(argv: list[str] | None = None, runtime: Runtime | None = None) -> int:
     args = parser.parse_args(argv)
     config = config_from_args(args, parser)
     if runtime is None:
-        spec = replace(BaseModelSpec.from_env(args.base_model), threads=args.threads or None)
+        # The reference backend: perplexity needs its logits, and the report measures the reference model.
+        spec = replace(BaseModelSpec.from_env(args.base_model, backend="transformers"), threads=args.threads or None)
         runtime = get_runtime(spec, args.adapters_dir)
     results = run_evaluation(runtime, config)
     meta = results["meta"]

@@ -8,7 +8,7 @@ listener, while every generation handler (Chat, Side by side, Arena, Prompt lab)
 the same single model.
 
 So the gate counts the generation requests in this process, across tabs, in arrival order:
-the first ``max_running`` (one: the backbone generates one reply at a time) run, the others
+the first ``max_running`` (as many as the backbone generates at once) run, the others
 wait their turn in order, and over ``max_in_flight`` a request is answered at once with
 busy text naming how many people are ahead. Handlers wrapped with ``admitted`` show it in
 their status area (with a gr.Warning toast), keep the conversation and the typed message,
@@ -34,6 +34,8 @@ from itertools import count
 
 import gradio as gr
 
+from bots.registry import peek_runtime
+
 ENV_MAX_IN_FLIGHT = "TOP_MAX_IN_FLIGHT"
 GRADIO_WORKER_THREADS = 40
 """Gradio's default ``max_threads`` (Blocks.launch): sync handlers run on these threads."""
@@ -53,8 +55,9 @@ class AdmissionConfig:
 
     max_in_flight: int = 16
     """Requests admitted at once, running or waiting; one more is answered 'busy'."""
-    max_running: int = 1
-    """Admitted requests that run at once; more would only wait on the backbone's lock, out of order."""
+    max_running: int | None = None
+    """Admitted requests that run at once; None: as many as the backbone generates at once
+    (one for transformers, whose lock serialises replies; its lanes for llama.cpp)."""
     refusal_slots: int = 8
     """Room in the Gradio concurrency group above max_in_flight, so refusals run at once too."""
     gradio_queue_max_size: int = 128
@@ -78,7 +81,7 @@ class AdmissionConfig:
             raise ValueError(f"{ENV_MAX_IN_FLIGHT}={raw!r}: {exc}") from exc
 
     def validate(self) -> AdmissionConfig:
-        if self.max_in_flight < 1 or not 1 <= self.max_running <= self.max_in_flight:
+        if self.max_in_flight < 1 or (self.max_running is not None and not 1 <= self.max_running <= self.max_in_flight):
             raise ValueError("max_in_flight must be at least 1, and max_running from 1 to max_in_flight")
         if self.refusal_slots < 1 or self.poll_s <= 0:
             raise ValueError("refusal_slots and poll_s must be positive")
@@ -161,8 +164,14 @@ class Gate:
                 self._line.remove(ticket)
             self._changed.notify_all()
 
+    def running_limit(self) -> int:
+        if self.config.max_running is not None:
+            return self.config.max_running
+        runtime = peek_runtime()  # not loaded yet: the first request loads it, alone
+        return max(1, min(runtime.backbone.parallel_replies, self.config.max_in_flight)) if runtime else 1
+
     def _ahead(self, ticket: Ticket) -> int:
-        return max(0, self._line.index(ticket) - self.config.max_running + 1)
+        return max(0, self._line.index(ticket) - self.running_limit() + 1)
 
 
 _gate: Gate | None = None

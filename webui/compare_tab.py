@@ -1,14 +1,15 @@
 """The Side by side tab: one message to both variants of a domain (or all four), answers next to each other.
 
 Each variant has its own pane (a gr.Chatbot) with its own history and its own timings: time
-to first token, decode tokens/s and the reply's token count. The backbone generates one reply
-at a time (it holds a lock for a whole reply, and two streams in one thread would wait on each
-other forever), so the handler streams the variants one after the other, in pane order.
+to first token, decode tokens/s and the reply's token count. The llama.cpp backbone generates
+several replies at once (batched), so all panes stream together. The transformers backbone
+generates one reply at a time (it holds a lock for a whole reply, and two streams in one
+thread would wait on each other forever), so there the variants answer one after the other.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import gradio as gr
 
@@ -23,9 +24,9 @@ PANES: tuple[str, ...] = tuple(VARIANTS)
 """One pane per variant, in registry order; handler inputs and outputs follow this order."""
 EXPLANATION = (
     "One message goes to every variant shown; each pane keeps its own conversation. "
-    "The variants share one base model that generates one reply at a time, so they answer **one after the other** "
-    "(in pane order) rather than interleaved: each pane's timings are then its own, measured from the moment its "
-    "generation starts, undisturbed by the other variant."
+    "The variants share one base model. With the llama.cpp backend (the default when installed) they answer "
+    "**together**: their replies are decoded in the same batches, so each pane's timings include sharing the CPU "
+    "with the others. With the transformers backend they answer **one after the other**, each timed alone."
 )
 
 
@@ -86,6 +87,9 @@ def compare(message: str, scope: str, *settings_and_histories: object) -> Iterat
     for turn in turns:
         panes[turn.name] = turn.history  # the question shows at once in every pane
         stats[turn.name] = "waiting for the model…"
+    if runtime.backbone.parallel_replies > 1:
+        yield from _interleaved(turns, panes, stats, frame)
+        return
     for turn in turns:
         stats[turn.name] = "generating…"
         yield frame("")
@@ -95,6 +99,28 @@ def compare(message: str, scope: str, *settings_and_histories: object) -> Iterat
         panes[turn.name] = turn.history
         stats[turn.name] = turn.stats_line()
         yield frame("")
+
+
+def _interleaved(turns: list[PaneTurn], panes: dict[str, ChatHistory], stats: dict[str, object], frame: Callable[[str], tuple[object, ...]]) -> Iterator[tuple[object, ...]]:
+    """All panes at once: the backbone batches their replies, so each pane gets a piece per round."""
+    live = {turn.name: (turn, turn.updates()) for turn in turns}
+    for turn in turns:
+        stats[turn.name] = "generating…"
+    yield frame("")
+    try:
+        while live:
+            for name, (turn, updates) in list(live.items()):
+                history = next(updates, None)
+                if history is None:
+                    del live[name]
+                    panes[name] = turn.history
+                    stats[name] = turn.stats_line()
+                else:
+                    panes[name] = history
+            yield frame("")
+    finally:
+        for _, updates in live.values():
+            updates.close()  # Stop or a disconnect: every pane's reply frees its lane
 
 
 def clear_all() -> tuple[object, ...]:

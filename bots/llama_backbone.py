@@ -1,0 +1,356 @@
+"""The llama.cpp backbone: the same GGUF weights and adapters as the reference, at llama.cpp speed.
+
+One llama.cpp model and one context serve all four variants. The PEFT adapters are
+converted to GGUF LoRA once (bots.gguf_lora, cached) and switched per decode call, so
+memory is one base model plus two small adapters.
+
+A single scheduler thread owns the context and runs continuous batching: every active
+reply advances one token per round, and replies that share an adapter (both prompt
+variants, or many users of one variant) go through llama.cpp in the same batch. A long
+prompt is fed in chunks between rounds so it never stalls the others.
+
+Each reply runs in a lane (a llama.cpp sequence) that keeps its KV cache afterwards: the
+next request with the same adapter and a common prefix (the prompt variants' 700-token
+system prompt and few-shot dialogs) reuses it and only feeds the new tokens.
+
+Run ``python -m bots.bench`` to compare it with the transformers path and plain llama.cpp.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from bots.backbone_base import DEFAULT_CONTEXT_TOKENS, AdapterError, BackboneBase, Message
+from bots.base_source import EMBEDDED, EMBEDDED_NAME, BaseModelError, BaseModelSpec, cached_file_sha256, embedded_gguf_path
+from bots.generation import GenerationSettings, GenerationStats, TokenPicker, stream_text
+from bots.gguf_lora import HeadLayout, LoraConversionError, cached_gguf_lora
+from bots.llama_engine import Context, ContextFull, LlamaEngineError, LlamaModel, Run
+
+
+@dataclass(frozen=True)
+class LlamaServingConfig:
+    """How the llama.cpp backbone uses the machine."""
+
+    threads: int | None = None
+    """Compute threads; None: all cores."""
+    lanes: int = 4
+    """Replies that can be in flight at once (more wait for a free lane)."""
+    kv_cells: int = 4096
+    """Token positions in the shared KV cache, across all lanes."""
+    batch_tokens: int = 256
+    """Most prompt tokens fed per round: bounds how long other replies wait for a long prompt."""
+
+
+@dataclass
+class LoadedGguf:
+    """The base as the llama.cpp backbone knows it (same fields the UI reads from LoadedBase)."""
+
+    model: LlamaModel
+    name: str
+    fingerprint: str
+    load_seconds: float
+    from_cache: bool
+
+
+def load_gguf_base(spec: BaseModelSpec, config: LlamaServingConfig | None = None) -> LoadedGguf:
+    """Load the embedded GGUF (or a .gguf file given as the source) with llama.cpp."""
+    started = time.perf_counter()
+    if spec.source == EMBEDDED:
+        path, name = embedded_gguf_path(), EMBEDDED_NAME
+    elif spec.source.endswith(".gguf") and Path(spec.source).expanduser().is_file():
+        path = Path(spec.source).expanduser()
+        name = path.name
+    else:
+        raise BaseModelError(f"the llama.cpp backend runs GGUF files; '{spec.source}' is not one (use --backend transformers)")
+    threads = (config.threads if config else None) or spec.threads
+    try:
+        model = LlamaModel(path, threads)
+    except LlamaEngineError as exc:
+        raise BaseModelError(str(exc)) from exc
+    hashes_known = (spec.cache_dir / "file_hashes.json").is_file()
+    fingerprint = cached_file_sha256(path, spec.cache_dir)
+    return LoadedGguf(model, name, fingerprint, time.perf_counter() - started, hashes_known)
+
+
+@dataclass
+class _Job:
+    """One reply being generated; the scheduler thread fills ``tokens``."""
+
+    prompt_ids: list[int]
+    adapter: str | None
+    settings: GenerationSettings
+    stats: GenerationStats
+    picker: TokenPicker
+    tokens: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    """Token ids, then None at the end (or an exception)."""
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    lane: _Lane | None = None
+    fed: int = 0
+    """Prompt tokens already in the lane's KV cache."""
+    next_token: int | None = None
+    """The token picked last, fed to the model in the next round."""
+    started: float = 0.0
+
+
+@dataclass
+class _Lane:
+    """A llama.cpp sequence and the tokens its KV cache holds (reused as a prefix cache)."""
+
+    seq: int
+    adapter: str | None = None
+    cached: list[int] = field(default_factory=list)
+    """Exactly the tokens whose keys and values the KV cache holds for this sequence."""
+    busy: bool = False
+    last_used: float = 0.0
+
+
+class LlamaCppBackbone(BackboneBase):
+    backend = "llamacpp"
+
+    def __init__(self, base: LoadedGguf, context_tokens: int = DEFAULT_CONTEXT_TOKENS, config: LlamaServingConfig | None = None) -> None:
+        self.config = config or LlamaServingConfig()
+        super().__init__(base, min(context_tokens, self.config.kv_cells))
+        self.parallel_replies = self.config.lanes
+        self.model = base.model
+        self.context: Context = self.model.new_context(self.config.kv_cells, self.config.lanes, self.config.batch_tokens)
+        template = self.model.meta("tokenizer.chat_template")
+        if not template:
+            raise BaseModelError(f"{base.name} has no chat template in its GGUF metadata")
+        self._template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(template)
+        self._heads = HeadLayout(self.model.n_head, self.model.n_head_kv)
+        self._adapter_handles: dict[str, int] = {}
+        self._lanes = [_Lane(seq) for seq in range(self.config.lanes)]
+        self._waiting: list[_Job] = []
+        self._active: list[_Job] = []
+        self._wake = threading.Condition()
+        self._closed = False
+        self._worker = threading.Thread(target=self._run, name="llama-scheduler", daemon=True)
+        self._worker.start()
+
+    # --- prompts ----------------------------------------------------------------------------
+
+    def encode(self, messages: list[Message]) -> list[int]:
+        text = self._template.render(messages=messages, add_generation_prompt=True, bos_token="", eos_token="")
+        return self.model.tokenize(text, special=True)
+
+    def encode_text(self, text: str) -> list[int]:
+        return self.model.tokenize(text, special=False)
+
+    def decode_text(self, token_ids: list[int]) -> str:
+        return self.model.decode(token_ids)
+
+    # --- adapters ---------------------------------------------------------------------------
+
+    def load_adapter(self, name: str, path: Path) -> None:
+        """Convert (once, cached) and load a PEFT adapter; on failure nothing changes."""
+        self.check_adapter(path)
+        cache_dir = BaseModelSpec.from_env().cache_dir
+        try:
+            gguf_lora = cached_gguf_lora(path, cache_dir, self._heads)
+            handle = self.model.load_adapter(gguf_lora)
+        except (LoraConversionError, LlamaEngineError, OSError, ValueError) as exc:
+            raise AdapterError(f"adapter {path.name} could not be loaded: {exc}") from exc
+        self._adapter_handles[name] = handle
+        self.adapters[name] = path
+
+    # --- generation -------------------------------------------------------------------------
+
+    def stream(self, prompt_ids: list[int], adapter: str | None, settings: GenerationSettings, stats: GenerationStats) -> Iterator[str]:
+        if adapter is not None and adapter not in self._adapter_handles:
+            raise AdapterError(f"adapter '{adapter}' is not loaded")
+        if len(prompt_ids) + settings.max_new_tokens > self.context_tokens:
+            raise LlamaEngineError(f"{len(prompt_ids)} prompt tokens plus {settings.max_new_tokens} new ones exceed the {self.context_tokens}-token context")
+        job = _Job(list(prompt_ids), adapter, settings, stats, TokenPicker(settings))
+        stats.prompt_tokens = len(prompt_ids)
+        stats.stopped_by = "cancelled"  # until the scheduler ends it by itself
+        with self._wake:
+            self._waiting.append(job)
+            self._wake.notify()
+        return _JobStream(job, stream_text(self.model, self._tokens_of(job)), self._wake)
+
+    def _tokens_of(self, job: _Job) -> Iterator[int]:
+        try:
+            while True:
+                item = job.tokens.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            job.cancelled.set()  # a consumer that stops early frees its lane at the next round
+            with self._wake:
+                self._wake.notify()
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._worker.join(timeout=5)
+        self.context.close()
+
+    # --- the scheduler thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closed and not self._active and not self._waiting:
+                    self._wake.wait()
+                if self._closed:
+                    return
+                self._admit()
+            try:
+                with self.lock:
+                    self._round()
+            except Exception as exc:  # noqa: BLE001  a failed decode ends the replies in flight, not the server
+                for job in list(self._active):
+                    self._finish(job, error=exc)
+
+    def _admit(self) -> None:
+        """Caller holds _wake. Give waiting jobs a lane, preferring the one with the longest reusable prefix."""
+        still_waiting = []
+        for job in self._waiting:
+            if job.cancelled.is_set():
+                job.tokens.put(None)
+                continue
+            lane = self._pick_lane(job)
+            if lane is None:
+                still_waiting.append(job)
+                continue
+            lane.busy = True
+            reuse = _common_prefix(lane.cached, job.prompt_ids) if lane.adapter == job.adapter else 0
+            reuse = min(reuse, len(job.prompt_ids) - 1)  # the last prompt token must be fed to get logits
+            self.context.forget(lane.seq, reuse)
+            lane.cached = lane.cached[:reuse]
+            lane.adapter = job.adapter
+            job.lane, job.fed, job.started = lane, reuse, time.perf_counter()
+            self._active.append(job)
+        self._waiting = still_waiting
+
+    def _pick_lane(self, job: _Job) -> _Lane | None:
+        free = [lane for lane in self._lanes if not lane.busy]
+        if not free:
+            return None
+
+        def score(lane: _Lane) -> tuple[int, float]:
+            reuse = _common_prefix(lane.cached, job.prompt_ids) if lane.adapter == job.adapter else 0
+            return reuse, -lane.last_used  # then the least recently used, to keep hot prefixes
+
+        return max(free, key=score)
+
+    def _round(self) -> None:
+        """Advance every active job by one step: a chunk of its prompt or one new token."""
+        for job in [j for j in self._active if j.cancelled.is_set()]:
+            self._finish(job)
+        by_adapter: dict[str | None, list[_Job]] = {}
+        for job in self._active:
+            by_adapter.setdefault(job.adapter, []).append(job)
+        for adapter, jobs in by_adapter.items():
+            self.context.set_adapter(self._adapter_handles[adapter] if adapter else None)
+            # One llama_decode call per group: prompt chunks share what the decoding jobs leave.
+            budget = self.config.batch_tokens - sum(1 for job in jobs if job.next_token is not None)
+            runs: list[tuple[_Job, Run]] = []
+            for job in jobs:
+                lane = job.lane
+                assert lane is not None
+                if job.next_token is not None:
+                    runs.append((job, Run(lane.seq, [job.next_token], len(lane.cached))))
+                elif budget > 0:
+                    chunk = job.prompt_ids[job.fed : job.fed + budget]
+                    budget -= len(chunk)
+                    runs.append((job, Run(lane.seq, chunk, len(lane.cached), want_logits=job.fed + len(chunk) == len(job.prompt_ids))))
+            if not runs:
+                continue
+            try:
+                logits = self.context.decode([run for _, run in runs])
+            except ContextFull:
+                if not self._evict_idle_lanes():
+                    raise
+                logits = self.context.decode([run for _, run in runs])
+            for (job, run), row in zip(runs, logits, strict=True):
+                self._advance(job, run, row)
+
+    def _evict_idle_lanes(self) -> bool:
+        """Free the KV cells of lanes nobody uses right now; False if there were none."""
+        evicted = False
+        for lane in self._lanes:
+            if not lane.busy and lane.cached:
+                self.context.forget(lane.seq, 0)
+                lane.cached, evicted = [], True
+        return evicted
+
+    def _advance(self, job: _Job, run: Run, row: np.ndarray | None) -> None:
+        lane = job.lane
+        assert lane is not None
+        lane.cached.extend(run.tokens)
+        if job.next_token is None:
+            job.fed += len(run.tokens)
+        if row is None:
+            return  # more prompt to feed
+        token = job.picker(row, job.stats.token_ids)
+        stats, now = job.stats, time.perf_counter()
+        if not stats.token_ids and stats.ttft_s == 0.0:
+            stats.ttft_s = now - job.started
+        stats.latency_s = now - job.started
+        if self.model.is_end_of_generation(token):
+            stats.stopped_by = "eos"
+            self._finish(job)
+            return
+        stats.token_ids.append(token)
+        stats.new_tokens = len(stats.token_ids)
+        job.next_token = token
+        job.tokens.put(token)
+        if stats.new_tokens >= job.settings.max_new_tokens:
+            stats.stopped_by = "length"
+            self._finish(job)
+
+    def _finish(self, job: _Job, error: BaseException | None = None) -> None:
+        if job in self._active:
+            self._active.remove(job)
+        lane = job.lane
+        if lane is not None:
+            if error is not None:  # the cache may hold part of a failed batch: start the lane afresh
+                self.context.forget(lane.seq, 0)
+                lane.cached = []
+            lane.busy, lane.last_used = False, time.perf_counter()
+            job.lane = None
+        if job.started:
+            job.stats.latency_s = time.perf_counter() - job.started
+        job.tokens.put(error)  # None: the reply ended normally
+        with self._wake:
+            self._wake.notify()
+
+
+class _JobStream(Iterator[str]):
+    """The text of a job's reply. The job starts at once (so several start together);
+    closing the stream, even before reading it, cancels the job."""
+
+    def __init__(self, job: _Job, pieces: Iterator[str], wake: threading.Condition) -> None:
+        self._job, self._pieces, self._wake = job, pieces, wake
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        self._job.cancelled.set()
+        close = getattr(self._pieces, "close", None)
+        if close:
+            close()
+        with self._wake:
+            self._wake.notify()
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

@@ -1,0 +1,232 @@
+"""A thin, typed layer over llama-cpp-python's C API: one model, its vocabulary, contexts, adapters.
+
+Only what the llama.cpp backend (bots.llama_backbone) needs: tokenize and detokenize,
+GGUF metadata, LoRA adapters, and contexts that decode a batch of token runs for several
+sequences at once and hand back the last logits of each run. llama-cpp-python's
+high-level ``Llama`` class keeps one sequence and one adapter set per instance; the
+backend needs several sequences with their own prefix caches, so it uses the C API.
+
+Importing this module imports llama_cpp; callers check ``llama_cpp_installed()`` first.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+def llama_cpp_installed() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+class LlamaEngineError(RuntimeError):
+    """llama.cpp refused a model, adapter or batch; the message says which."""
+
+
+class ContextFull(LlamaEngineError):
+    """The shared KV cache has no room for the batch; nothing of the batch was stored."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """Tokens to append to one sequence, starting at position ``start``."""
+
+    seq: int
+    tokens: Sequence[int]
+    start: int
+    want_logits: bool = True
+    """False for a chunk of a longer prompt: nobody needs its logits."""
+
+
+class LlamaModel:
+    """A GGUF model loaded once (memory-mapped), with its vocabulary and adapters."""
+
+    def __init__(self, gguf_path: Path, threads: int | None = None) -> None:
+        import llama_cpp
+
+        self._lib = llama_cpp
+        _quiet_llama_logs(llama_cpp)
+        llama_cpp.llama_backend_init()
+        params = llama_cpp.llama_model_default_params()
+        self.path = gguf_path
+        self.model = llama_cpp.llama_model_load_from_file(str(gguf_path).encode(), params)
+        if not self.model:
+            raise LlamaEngineError(f"llama.cpp could not load {gguf_path}")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
+        self.threads = threads or os.cpu_count() or 1
+        self.n_head = int(llama_cpp.llama_model_n_head(self.model))
+        self.n_head_kv = int(llama_cpp.llama_model_n_head_kv(self.model))
+        self.weights_bytes = int(llama_cpp.llama_model_size(self.model))
+        self._piece_cache: dict[int, bytes] = {}
+
+    # --- metadata and vocabulary ------------------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        size = 1 << 16
+        buf = ctypes.create_string_buffer(size)
+        n = self._lib.llama_model_meta_val_str(self.model, key.encode(), buf, size)
+        return None if n < 0 else buf.value.decode("utf-8", errors="replace")
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        """Token ids of ``text``; ``special``: chat markup such as <|im_start|> becomes its token."""
+        data = text.encode("utf-8")
+        capacity = len(data) + 16
+        out = (self._lib.llama_token * capacity)()
+        n = self._lib.llama_tokenize(self.vocab, data, len(data), out, capacity, False, special)
+        if n < 0:  # the buffer was too small: -n is the size needed
+            capacity = -n
+            out = (self._lib.llama_token * capacity)()
+            n = self._lib.llama_tokenize(self.vocab, data, len(data), out, capacity, False, special)
+        return list(out[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes of one token; special tokens (chat markup) give b''."""
+        cached = self._piece_cache.get(token)
+        if cached is None:
+            buf = ctypes.create_string_buffer(64)
+            n = self._lib.llama_token_to_piece(self.vocab, token, buf, 64, 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = self._lib.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
+            cached = self._piece_cache[token] = buf.raw[:n]
+        return cached
+
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
+        """Text of the tokens (special tokens left out), like a Hugging Face tokenizer's decode."""
+        return b"".join(self.piece(t) for t in token_ids).decode("utf-8", errors="replace")
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return bool(self._lib.llama_vocab_is_eog(self.vocab, token))
+
+    # --- adapters and contexts ----------------------------------------------------------------
+
+    def load_adapter(self, gguf_lora: Path) -> int:
+        """Load a GGUF LoRA for this model; returns an opaque handle for ``Context.set_adapter``."""
+        handle = self._lib.llama_adapter_lora_init(self.model, str(gguf_lora).encode())
+        if not handle:
+            raise LlamaEngineError(f"llama.cpp refused the LoRA adapter {gguf_lora.name} (wrong base model or format)")
+        return handle
+
+    def new_context(self, kv_cells: int, sequences: int, batch_tokens: int = 512) -> Context:
+        """A context whose ``sequences`` share ``kv_cells`` token positions of KV cache."""
+        return Context(self, kv_cells, sequences, batch_tokens)
+
+
+class Context:
+    """A KV cache shared by ``sequences`` sequences; decodes batches of runs."""
+
+    def __init__(self, model: LlamaModel, context_tokens: int, sequences: int, batch_tokens: int) -> None:
+        lib = model._lib
+        self._lib = lib
+        self.model = model
+        params = lib.llama_context_default_params()
+        params.n_ctx = context_tokens
+        params.n_batch = batch_tokens
+        params.n_ubatch = batch_tokens
+        params.n_seq_max = sequences
+        params.n_threads = model.threads
+        params.n_threads_batch = model.threads
+        params.kv_unified = True  # one pool of cells: a short conversation leaves room for a long one
+        if os.environ.get("TOP_KV_F32"):
+            params.type_k = params.type_v = 0
+        params.no_perf = True
+        self.ctx = lib.llama_init_from_model(model.model, params)
+        if not self.ctx:
+            raise LlamaEngineError("llama.cpp could not create a context (out of memory?)")
+        self.memory = lib.llama_get_memory(self.ctx)
+        self.sequences = sequences
+        self.batch_tokens = batch_tokens
+        self._batch = lib.llama_batch_init(batch_tokens, 0, 1)
+        self._adapter: int | None = None
+        self._adapter_array = (lib.llama_adapter_lora_p_ctypes * 1)()
+        self._scale_array = (ctypes.c_float * 1)(1.0)
+
+    def set_adapter(self, handle: int | None) -> None:
+        """The LoRA applied to everything this context decodes from now on (None: the bare base)."""
+        if handle == self._adapter:
+            return
+        if handle is None:
+            rc = self._lib.llama_set_adapters_lora(self.ctx, None, 0, None)
+        else:
+            self._adapter_array[0] = handle
+            rc = self._lib.llama_set_adapters_lora(self.ctx, self._adapter_array, 1, self._scale_array)
+        if rc != 0:
+            raise LlamaEngineError(f"llama.cpp could not switch the LoRA adapter (code {rc})")
+        self._adapter = handle
+
+    def forget(self, seq: int, from_position: int = 0) -> None:
+        """Drop a sequence's cached tokens from ``from_position`` on."""
+        self._lib.llama_memory_seq_rm(self.memory, seq, from_position, -1)
+
+    def decode(self, runs: Sequence[Run]) -> list[np.ndarray | None]:
+        """Append every run to its sequence; returns the logits after each run's last token
+        (None for runs that do not want them).
+
+        Runs longer than the batch are fed in chunks; all runs must fit the context.
+        """
+        if any(not run.tokens for run in runs):
+            raise LlamaEngineError("every run needs at least one token")
+        logits: list[np.ndarray | None] = [None] * len(runs)
+        pending = [(index, 0) for index in range(len(runs))]  # (run index, tokens already fed)
+        batch = self._batch
+        while pending:
+            n = 0
+            wanted: list[tuple[int, int]] = []  # (run index, row of the batch whose logits we need)
+            carry: list[tuple[int, int]] = []
+            for index, done in pending:
+                run = runs[index]
+                take = min(self.batch_tokens - n, len(run.tokens) - done)
+                for i in range(done, done + take):
+                    last = i == len(run.tokens) - 1
+                    batch.token[n] = run.tokens[i]
+                    batch.pos[n] = run.start + i
+                    batch.n_seq_id[n] = 1
+                    batch.seq_id[n][0] = run.seq
+                    batch.logits[n] = last and run.want_logits
+                    if last and run.want_logits:
+                        wanted.append((index, n))
+                    n += 1
+                if done + take < len(run.tokens):
+                    carry.append((index, done + take))
+            batch.n_tokens = n
+            rc = self._lib.llama_decode(self.ctx, batch)
+            if rc == 1:
+                raise ContextFull("the KV cache is full")
+            if rc != 0:
+                raise LlamaEngineError(f"llama.cpp decode failed (code {rc}; 1 means the context is full)")
+            for index, row in wanted:
+                logits[index] = self._logits(row)
+            pending = carry
+        return logits
+
+    def _logits(self, index: int) -> np.ndarray:
+        pointer = self._lib.llama_get_logits_ith(self.ctx, index)
+        return np.ctypeslib.as_array(pointer, shape=(self.model.n_vocab,)).copy()
+
+    def close(self) -> None:
+        if self.ctx:
+            self._lib.llama_batch_free(self._batch)
+            self._lib.llama_free(self.ctx)
+            self.ctx = None
+
+
+def _quiet_llama_logs(llama_cpp: object) -> None:
+    """llama.cpp logs every tensor it loads to stderr; keep warnings and errors only."""
+    if getattr(_quiet_llama_logs, "installed", False):
+        return
+
+    @llama_cpp.llama_log_callback  # type: ignore[attr-defined]
+    def _log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+        if level in (3, 4):  # GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR (ggml.h; llama-cpp-python's own table is older)
+            os.write(2, text)
+
+    llama_cpp.llama_log_set(_log, ctypes.c_void_p(0))  # type: ignore[attr-defined]
+    _quiet_llama_logs.installed = True  # type: ignore[attr-defined]
+    _quiet_llama_logs.callback = _log  # type: ignore[attr-defined]  # keep it alive: C holds the pointer
