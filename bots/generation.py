@@ -62,6 +62,8 @@ class GenerationStats:
     stopped_by: str = ""
     """'eos', 'length', 'cancelled' or 'guard'."""
     token_ids: list[int] = field(default_factory=list)
+    cached_prompt_tokens: int = 0
+    """Prompt tokens whose keys and values came from the prefix cache (llama.cpp backend)."""
 
     @property
     def decode_tokens_per_s(self) -> float:

@@ -31,8 +31,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from bots.backbone_base import DEFAULT_CONTEXT_TOKENS, AdapterError, BackboneBase, Message
 from bots.base_source import EMBEDDED, EMBEDDED_NAME, BaseModelError, BaseModelSpec, cached_file_sha256, embedded_gguf_path
 from bots.generation import GenerationSettings, GenerationStats, TokenPicker, stream_text
-from bots.gguf_lora import HeadLayout, LoraConversionError, cached_gguf_lora
-from bots.llama_engine import Context, ContextFull, LlamaEngineError, LlamaModel, Run
+from bots.gguf_lora import HeadLayout, cached_gguf_lora
+from bots.llama_engine import Context, LlamaEngineError, LlamaModel, Run
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,8 @@ class LlamaServingConfig:
     threads: int | None = None
     """Compute threads; None: all cores."""
     lanes: int = 4
-    """Replies that can be in flight at once (more wait for a free lane)."""
-    kv_cells: int = 4096
-    """Token positions in the shared KV cache, across all lanes."""
+    """Replies that can be in flight at once (more wait for a free lane). Each lane has a KV
+    cache for a whole context (2048 tokens: 47 MB in f16)."""
     batch_tokens: int = 256
     """Most prompt tokens fed per round: bounds how long other replies wait for a long prompt."""
 
@@ -97,6 +96,8 @@ class _Job:
     """Prompt tokens already in the lane's KV cache."""
     next_token: int | None = None
     """The token picked last, fed to the model in the next round."""
+    prefill_only: bool = False
+    """Fill the lane's cache with the prompt and stop: no reply (a warm-up)."""
     started: float = 0.0
 
 
@@ -117,10 +118,10 @@ class LlamaCppBackbone(BackboneBase):
 
     def __init__(self, base: LoadedGguf, context_tokens: int = DEFAULT_CONTEXT_TOKENS, config: LlamaServingConfig | None = None) -> None:
         self.config = config or LlamaServingConfig()
-        super().__init__(base, min(context_tokens, self.config.kv_cells))
+        super().__init__(base, context_tokens)
         self.parallel_replies = self.config.lanes
         self.model = base.model
-        self.context: Context = self.model.new_context(self.config.kv_cells, self.config.lanes, self.config.batch_tokens)
+        self.context: Context = self.model.new_context(context_tokens, self.config.lanes, self.config.batch_tokens)
         template = self.model.meta("tokenizer.chat_template")
         if not template:
             raise BaseModelError(f"{base.name} has no chat template in its GGUF metadata")
@@ -156,7 +157,7 @@ class LlamaCppBackbone(BackboneBase):
         try:
             gguf_lora = cached_gguf_lora(path, cache_dir, self._heads)
             handle = self.model.load_adapter(gguf_lora)
-        except (LoraConversionError, LlamaEngineError, OSError, ValueError) as exc:
+        except Exception as exc:  # conversion, safetensors and llama.cpp raise many kinds; all mean "unusable"
             raise AdapterError(f"adapter {path.name} could not be loaded: {exc}") from exc
         self._adapter_handles[name] = handle
         self.adapters[name] = path
@@ -171,10 +172,32 @@ class LlamaCppBackbone(BackboneBase):
         job = _Job(list(prompt_ids), adapter, settings, stats, TokenPicker(settings))
         stats.prompt_tokens = len(prompt_ids)
         stats.stopped_by = "cancelled"  # until the scheduler ends it by itself
+        self._submit(job)
+        return _JobStream(job, stream_text(self.model, self._tokens_of(job)), self._wake)
+
+    def prefill(self, prompt_ids: list[int], adapter: str | None) -> None:
+        """Warm a lane with a prompt prefix (the prompt variants' system prompt and few-shot
+        dialogs), so that the first real request only feeds its own tokens."""
+        if len(prompt_ids) < 2 or len(prompt_ids) > self.context_tokens:
+            return
+        settings = GenerationSettings(max_new_tokens=1)
+        self._submit(_Job(list(prompt_ids), adapter, settings, GenerationStats(), TokenPicker(settings), prefill_only=True))
+
+    def wait_idle(self, timeout_s: float = 60.0) -> bool:
+        """Block until no job runs or waits (warm-ups included); False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        with self._wake:
+            while self._active or self._waiting:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._wake.wait(min(left, 0.1))
+        return True
+
+    def _submit(self, job: _Job) -> None:
         with self._wake:
             self._waiting.append(job)
-            self._wake.notify()
-        return _JobStream(job, stream_text(self.model, self._tokens_of(job)), self._wake)
+            self._wake.notify_all()
 
     def _tokens_of(self, job: _Job) -> Iterator[int]:
         try:
@@ -227,13 +250,31 @@ class LlamaCppBackbone(BackboneBase):
                 continue
             lane.busy = True
             reuse = _common_prefix(lane.cached, job.prompt_ids) if lane.adapter == job.adapter else 0
-            reuse = min(reuse, len(job.prompt_ids) - 1)  # the last prompt token must be fed to get logits
+            donor, shared = self._best_donor(job, exclude=lane)
+            limit = len(job.prompt_ids) - 1  # the last prompt token must be fed to get logits
+            if donor is not None and min(shared, limit) > min(reuse, limit):
+                # Another lane holds a longer prefix of this prompt: share its cells instead of recomputing.
+                reuse = min(shared, limit)
+                self.context.forget(lane.seq, 0)
+                self.context.share(donor.seq, lane.seq, reuse)
+                lane.cached = donor.cached[:reuse]
+            reuse = min(reuse, limit)
             self.context.forget(lane.seq, reuse)
             lane.cached = lane.cached[:reuse]
             lane.adapter = job.adapter
             job.lane, job.fed, job.started = lane, reuse, time.perf_counter()
+            job.stats.cached_prompt_tokens = reuse
             self._active.append(job)
         self._waiting = still_waiting
+
+    def _best_donor(self, job: _Job, exclude: _Lane) -> tuple[_Lane | None, int]:
+        best, length = None, 0
+        for lane in self._lanes:
+            if lane is not exclude and lane.adapter == job.adapter:
+                common = _common_prefix(lane.cached, job.prompt_ids)
+                if common > length:
+                    best, length = lane, common
+        return best, length
 
     def _pick_lane(self, job: _Job) -> _Lane | None:
         free = [lane for lane in self._lanes if not lane.busy]
@@ -266,26 +307,13 @@ class LlamaCppBackbone(BackboneBase):
                 elif budget > 0:
                     chunk = job.prompt_ids[job.fed : job.fed + budget]
                     budget -= len(chunk)
-                    runs.append((job, Run(lane.seq, chunk, len(lane.cached), want_logits=job.fed + len(chunk) == len(job.prompt_ids))))
+                    last = job.fed + len(chunk) == len(job.prompt_ids)
+                    runs.append((job, Run(lane.seq, chunk, len(lane.cached), want_logits=last and not job.prefill_only)))
             if not runs:
                 continue
-            try:
-                logits = self.context.decode([run for _, run in runs])
-            except ContextFull:
-                if not self._evict_idle_lanes():
-                    raise
-                logits = self.context.decode([run for _, run in runs])
+            logits = self.context.decode([run for _, run in runs])
             for (job, run), row in zip(runs, logits, strict=True):
                 self._advance(job, run, row)
-
-    def _evict_idle_lanes(self) -> bool:
-        """Free the KV cells of lanes nobody uses right now; False if there were none."""
-        evicted = False
-        for lane in self._lanes:
-            if not lane.busy and lane.cached:
-                self.context.forget(lane.seq, 0)
-                lane.cached, evicted = [], True
-        return evicted
 
     def _advance(self, job: _Job, run: Run, row: np.ndarray | None) -> None:
         lane = job.lane
@@ -293,6 +321,10 @@ class LlamaCppBackbone(BackboneBase):
         lane.cached.extend(run.tokens)
         if job.next_token is None:
             job.fed += len(run.tokens)
+        if job.prefill_only and job.fed == len(job.prompt_ids):
+            job.stats.stopped_by = "length"
+            self._finish(job)
+            return
         if row is None:
             return  # more prompt to feed
         token = job.picker(row, job.stats.token_ids)
@@ -326,7 +358,7 @@ class LlamaCppBackbone(BackboneBase):
             job.stats.latency_s = time.perf_counter() - job.started
         job.tokens.put(error)  # None: the reply ended normally
         with self._wake:
-            self._wake.notify()
+            self._wake.notify_all()
 
 
 class _JobStream(Iterator[str]):

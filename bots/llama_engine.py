@@ -114,28 +114,33 @@ class LlamaModel:
             raise LlamaEngineError(f"llama.cpp refused the LoRA adapter {gguf_lora.name} (wrong base model or format)")
         return handle
 
-    def new_context(self, kv_cells: int, sequences: int, batch_tokens: int = 512) -> Context:
-        """A context whose ``sequences`` share ``kv_cells`` token positions of KV cache."""
-        return Context(self, kv_cells, sequences, batch_tokens)
+    def new_context(self, tokens_per_sequence: int, sequences: int, batch_tokens: int = 512) -> Context:
+        """A context with ``sequences`` sequences of up to ``tokens_per_sequence`` positions each."""
+        return Context(self, tokens_per_sequence, sequences, batch_tokens)
 
 
 class Context:
-    """A KV cache shared by ``sequences`` sequences; decodes batches of runs."""
+    """A KV cache for ``sequences`` sequences; decodes batches of runs."""
 
-    def __init__(self, model: LlamaModel, context_tokens: int, sequences: int, batch_tokens: int) -> None:
+    def __init__(self, model: LlamaModel, tokens_per_sequence: int, sequences: int, batch_tokens: int) -> None:
         lib = model._lib
         self._lib = lib
         self.model = model
         params = lib.llama_context_default_params()
-        params.n_ctx = context_tokens
+        params.n_ctx = tokens_per_sequence * sequences
         params.n_batch = batch_tokens
         params.n_ubatch = batch_tokens
         params.n_seq_max = sequences
         params.n_threads = model.threads
         params.n_threads_batch = model.threads
-        params.kv_unified = True  # one pool of cells: a short conversation leaves room for a long one
-        if os.environ.get("TOP_KV_F32"):
-            params.type_k = params.type_v = 0
+        # A KV buffer per sequence: a sequence's cells then sit in the order of their positions,
+        # as in a fresh context, so its results do not depend on what other sequences hold.
+        params.kv_unified = False
+        # Flash attention makes a token's result depend on how the prompt was split into
+        # batches (differences of ~0.5 in the logits); without it, with the llamafile GEMM off
+        # at build time, a reply is the same however requests were chunked, cached or batched.
+        # Measured here: no speed difference on the CPU either way.
+        params.flash_attn_type = 0  # LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.no_perf = True
         self.ctx = lib.llama_init_from_model(model.model, params)
         if not self.ctx:
@@ -164,6 +169,14 @@ class Context:
     def forget(self, seq: int, from_position: int = 0) -> None:
         """Drop a sequence's cached tokens from ``from_position`` on."""
         self._lib.llama_memory_seq_rm(self.memory, seq, from_position, -1)
+
+    def share(self, source: int, target: int, length: int) -> None:
+        """Give sequence ``target`` the first ``length`` cached positions of ``source``.
+
+        Separate KV buffers can only be copied whole (llama.cpp asserts otherwise): copy it
+        all, then drop what follows the prefix."""
+        self._lib.llama_memory_seq_cp(self.memory, source, target, -1, -1)
+        self.forget(target, length)
 
     def decode(self, runs: Sequence[Run]) -> list[np.ndarray | None]:
         """Append every run to its sequence; returns the logits after each run's last token
@@ -198,7 +211,7 @@ class Context:
             batch.n_tokens = n
             rc = self._lib.llama_decode(self.ctx, batch)
             if rc == 1:
-                raise ContextFull("the KV cache is full")
+                raise ContextFull("the KV cache has no room for this batch")
             if rc != 0:
                 raise LlamaEngineError(f"llama.cpp decode failed (code {rc}; 1 means the context is full)")
             for index, row in wanted:

@@ -93,7 +93,12 @@ class Runtime:
 
     @classmethod
     def from_backbone(cls, backbone: BackboneBase, adapters_dir: Path | None = None) -> Runtime:
-        return cls(backbone, build_bots(backbone, adapters_dir))
+        bots = build_bots(backbone, adapters_dir)
+        for bot in bots.values():
+            if bot.availability.ok:
+                # The fixed part of every prompt (system prompt, few-shot), up to the user's turn.
+                backbone.prefill(backbone.encode(bot.render([{"role": "user", "content": ""}])), bot.adapter)
+        return cls(backbone, bots)
 
     @classmethod
     def from_base(cls, base: LoadedBase, adapters_dir: Path | None = None) -> Runtime:

@@ -1,0 +1,328 @@
+"""The llama.cpp backend: backend choice, the GGUF LoRA converter, and the scheduler.
+
+The scheduler tests run the embedded SmolLM2 GGUF with llama.cpp (it loads in a fraction of
+a second). Without llama-cpp-python they skip, except under CI, where they fail: CI installs
+it (``make test`` does). The comparisons with the transformers reference are ``slow``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bots.backbone_base import AdapterError
+from bots.backends import choose_backend
+from bots.base_source import BaseModelError, BaseModelSpec, embedded_gguf_path
+from bots.generation import GenerationSettings, GenerationStats
+from bots.gguf_lora import HeadLayout, LoraConversionError, _permute_rows, convert_peft_adapter
+from bots.llama_engine import llama_cpp_installed
+
+ON_CI = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+ADAPTERS = Path(__file__).resolve().parent.parent / "bots" / "adapters"
+
+needs_llama = pytest.mark.skipif(not llama_cpp_installed() and not ON_CI, reason="llama-cpp-python is not installed (pip install -r requirements-fast.txt)")
+
+
+# --- backend choice (no model) ------------------------------------------------------------------
+
+
+def test_auto_picks_llamacpp_for_the_embedded_gguf_when_installed_and_transformers_for_a_folder(tmp_path: Path) -> None:
+    embedded = choose_backend(BaseModelSpec(backend="auto"))
+    assert embedded.name == ("llamacpp" if llama_cpp_installed() else "transformers")
+    assert choose_backend(BaseModelSpec(source=str(tmp_path), backend="auto")).name == "transformers"
+
+
+def test_explicit_backend_choices_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(BaseModelError, match="unknown backend 'vllm'"):
+        choose_backend(BaseModelSpec(backend="vllm"))
+    if llama_cpp_installed():
+        with pytest.raises(BaseModelError, match="needs a GGUF file"):
+            choose_backend(BaseModelSpec(source=str(tmp_path), backend="llamacpp"))
+    assert choose_backend(BaseModelSpec(backend="transformers")).name == "transformers"
+
+
+def test_backend_comes_from_the_environment_unless_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOP_BACKEND", "transformers")
+    assert BaseModelSpec.from_env().backend == "transformers"
+    assert BaseModelSpec.from_env(backend="llamacpp").backend == "llamacpp"
+
+
+# --- the converter (no model) -------------------------------------------------------------------
+
+
+def _write_peft_adapter(folder: Path, tensors: dict[str, np.ndarray], **config: object) -> Path:
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    base_config = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"], "use_dora": False}
+    (folder / "adapter_config.json").write_text(json.dumps({**base_config, **config}))
+    return folder
+
+
+def _pair(layer: int, proj: str, out_dim: int, in_dim: int = 8, rank: int = 2) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(layer)
+    block = "self_attn" if proj in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
+    key = f"base_model.model.model.layers.{layer}.{block}.{proj}"
+    return {
+        f"{key}.lora_A.weight": rng.standard_normal((rank, in_dim)).astype(np.float32),
+        f"{key}.lora_B.weight": rng.standard_normal((out_dim, rank)).astype(np.float32),
+    }
+
+
+def test_converter_writes_llama_cpp_names_shapes_scaling_and_rotary_row_order(tmp_path: Path) -> None:
+    import gguf
+
+    tensors = {**_pair(0, "q_proj", 8), **_pair(0, "v_proj", 4)}
+    adapter = _write_peft_adapter(tmp_path / "a", tensors)
+    out = convert_peft_adapter(adapter, tmp_path / "a.gguf", HeadLayout(n_head=2, n_head_kv=1))
+    reader = gguf.GGUFReader(str(out))
+    found = {t.name: np.array(t.data) for t in reader.tensors}
+    assert set(found) == {f"blk.0.{n}.weight.lora_{s}" for n in ("attn_q", "attn_v") for s in "ab"}
+    q_b = tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"]
+    scaling = 4 / 2
+    # q rows follow llama.cpp's rotary order; v rows keep theirs; both carry PEFT's scaling.
+    assert np.allclose(found["blk.0.attn_q.weight.lora_b"], _permute_rows(q_b * scaling, 2))
+    assert not np.allclose(found["blk.0.attn_q.weight.lora_b"], q_b * scaling)
+    assert np.allclose(found["blk.0.attn_v.weight.lora_b"], tensors["base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight"] * scaling)
+    assert float(reader.fields["adapter.lora.alpha"].parts[-1][0]) == 0.0
+
+
+def test_rotary_permutation_pairs_each_heads_halves() -> None:
+    # One head of 4 rows [a0, a1, b0, b1] (two rotary halves) becomes interleaved [a0, b0, a1, b1].
+    rows = np.arange(4)[:, None].astype(np.float32)
+    assert _permute_rows(rows, 1)[:, 0].tolist() == [0, 2, 1, 3]
+
+
+@pytest.mark.parametrize(
+    ("tensors", "config", "message"),
+    [
+        ({"base_model.model.lm_head.lora_A.weight": np.zeros((2, 8), np.float32)}, {}, "not a LoRA weight of a decoder layer"),
+        (_pair(0, "q_proj", 8), {"use_dora": True}, "DoRA"),
+        ({k: v for k, v in _pair(0, "q_proj", 8).items() if "lora_A" in k}, {}, "must both be present"),
+        (_pair(0, "q_proj", 8), {"peft_type": "IA3"}, "not a LoRA adapter"),
+    ],
+)
+def test_converter_refuses_what_it_cannot_express(tmp_path: Path, tensors: dict, config: dict, message: str) -> None:
+    adapter = _write_peft_adapter(tmp_path / "bad", tensors, **config)
+    with pytest.raises(LoraConversionError, match=message):
+        convert_peft_adapter(adapter, tmp_path / "bad.gguf", HeadLayout(2, 1))
+    assert not (tmp_path / "bad.gguf").exists()
+
+
+# --- the scheduler, on the embedded GGUF ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def llama_runtime(tmp_path_factory: pytest.TempPathFactory):
+    if not llama_cpp_installed():
+        pytest.fail("llama-cpp-python is not installed; CI is set, so this fails instead of skipping")
+    from bots.llama_backbone import LlamaCppBackbone, LlamaServingConfig, load_gguf_base
+    from bots.registry import Runtime
+
+    cache = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("TOP_CACHE_DIR")
+    os.environ["TOP_CACHE_DIR"] = str(cache)
+    try:
+        spec = BaseModelSpec.from_env(backend="llamacpp")
+        backbone = LlamaCppBackbone(load_gguf_base(spec), config=LlamaServingConfig(lanes=4, batch_tokens=256))
+        runtime = Runtime.from_backbone(backbone)
+        assert backbone.wait_idle(60)
+        yield runtime
+        backbone.close()
+    finally:
+        if old is None:
+            os.environ.pop("TOP_CACHE_DIR", None)
+        else:
+            os.environ["TOP_CACHE_DIR"] = old
+
+
+GREEDY = GenerationSettings(max_new_tokens=24)
+QUESTIONS = {
+    "ecommerce-lora": "Can I return a gift card?",
+    "ecommerce-prompt": "Do you ship to Canada?",
+    "medical-lora": "What helps with a mild sore throat?",
+    "medical-prompt": "How much water should I drink a day?",
+}
+
+
+def _ask(runtime, variant: str, question: str, settings: GenerationSettings = GREEDY):
+    return runtime.bot(variant).reply([{"role": "user", "content": question}], settings, guard=False)
+
+
+def _plain_greedy(backbone, prompt_ids: list[int], adapter: str | None, steps: int) -> list[int]:
+    """The reply from a fresh single-sequence context, fed the whole prompt at once."""
+    from bots.generation import TokenPicker
+    from bots.llama_engine import Run
+
+    context = backbone.model.new_context(2048, 1, 512)
+    try:
+        context.set_adapter(backbone._adapter_handles[adapter] if adapter else None)
+        picker, ids = TokenPicker(GREEDY), []
+        logits = context.decode([Run(0, prompt_ids, 0)])[0]
+        for step in range(steps):
+            token = picker(logits, ids)
+            if backbone.model.is_end_of_generation(token):
+                break
+            ids.append(token)
+            logits = context.decode([Run(0, [token], len(prompt_ids) + step)])[0]
+        return ids
+    finally:
+        context.close()
+
+
+@needs_llama
+def test_every_variant_answers_and_lora_variants_differ_from_the_bare_model(llama_runtime) -> None:
+    for variant, question in QUESTIONS.items():
+        reply = _ask(llama_runtime, variant, question)
+        assert reply.text.strip(), variant
+        assert reply.stats.new_tokens > 0
+    backbone = llama_runtime.backbone
+    prompt = backbone.encode(llama_runtime.bot("ecommerce-lora").render([{"role": "user", "content": QUESTIONS["ecommerce-lora"]}]))
+    assert _plain_greedy(backbone, prompt, "ecommerce", 12) != _plain_greedy(backbone, prompt, None, 12)
+
+
+@needs_llama
+def test_a_reply_equals_a_fresh_single_context_decode_with_or_without_prefix_cache(llama_runtime) -> None:
+    backbone = llama_runtime.backbone
+    for variant in ("ecommerce-prompt", "medical-lora"):
+        bot = llama_runtime.bot(variant)
+        prompt = backbone.encode(bot.render([{"role": "user", "content": QUESTIONS[variant]}]))
+        expected = _plain_greedy(backbone, prompt, bot.adapter, GREEDY.max_new_tokens)
+        first, second = _ask(llama_runtime, variant, QUESTIONS[variant]), _ask(llama_runtime, variant, QUESTIONS[variant])
+        assert first.stats.token_ids == expected
+        assert second.stats.token_ids == expected
+        assert second.stats.cached_prompt_tokens == len(prompt) - 1  # all but the last token came from the cache
+
+
+@needs_llama
+def test_the_prompt_variants_fixed_prefix_is_cached_at_start(llama_runtime) -> None:
+    question = "Is it fine to take ibuprofen with food?"
+    backbone, bot = llama_runtime.backbone, llama_runtime.bot("medical-prompt")
+    reply = _ask(llama_runtime, "medical-prompt", question)
+    warm = backbone.encode(bot.render([{"role": "user", "content": ""}]))  # what the runtime prefilled at start
+    prompt = backbone.encode(bot.render([{"role": "user", "content": question}]))
+    shared = next(i for i, (a, b) in enumerate(zip(warm, prompt, strict=False)) if a != b)
+    assert shared > 500  # system prompt, fact sheet and few-shot dialogs
+    assert reply.stats.cached_prompt_tokens == shared  # all of it came from the cache, only the question was fed
+
+
+@needs_llama
+def test_concurrent_replies_of_all_four_variants_equal_each_alone(llama_runtime) -> None:
+    alone = {variant: _ask(llama_runtime, variant, question).stats.token_ids for variant, question in QUESTIONS.items()}
+    streams = {variant: llama_runtime.bot(variant).stream([{"role": "user", "content": q}], GREEDY, guard=False) for variant, q in QUESTIONS.items()}
+    threads = [threading.Thread(target=stream.consume) for stream in streams.values()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert {variant: stream.stats.token_ids for variant, stream in streams.items()} == alone
+
+
+@needs_llama
+def test_more_requests_than_lanes_all_complete(llama_runtime) -> None:
+    settings = GenerationSettings(max_new_tokens=8)
+    streams = [llama_runtime.bot("ecommerce-lora").stream([{"role": "user", "content": f"Question number {i}: do you sell socks?"}], settings, guard=False) for i in range(9)]
+    for stream in streams:
+        stream.consume()
+    assert all(stream.stats.stopped_by in ("eos", "length") and stream.text for stream in streams)
+
+
+@needs_llama
+def test_closing_a_stream_early_or_unread_frees_its_lane_at_once(llama_runtime) -> None:
+    backbone = llama_runtime.backbone
+    long = GenerationSettings(max_new_tokens=400)
+    started = llama_runtime.bot("medical-lora").stream([{"role": "user", "content": "Tell me everything about sleep."}], long, guard=False)
+    next(iter(started))
+    unread = llama_runtime.bot("ecommerce-lora").stream([{"role": "user", "content": "Tell me everything about your shop."}], long, guard=False)
+    started.close()
+    unread.close()
+    deadline = time.monotonic() + 1.0
+    while any(lane.busy for lane in backbone._lanes) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(lane.busy for lane in backbone._lanes)
+    assert started.stats.new_tokens < 400 and started.stats.stopped_by == "cancelled"
+
+
+@needs_llama
+def test_a_prompt_that_cannot_fit_is_refused_clearly(llama_runtime) -> None:
+    with pytest.raises(Exception, match="exceed the 2048-token context|does not fit"):
+        llama_runtime.backbone.stream(list(range(100, 2100)), None, GenerationSettings(max_new_tokens=100), GenerationStats())
+
+
+@needs_llama
+def test_a_lane_can_start_from_another_lanes_prefix_and_the_reply_is_unchanged(llama_runtime) -> None:
+    backbone = llama_runtime.backbone
+    bot = llama_runtime.bot("ecommerce-prompt")
+    question = "What payment methods do you take?"
+    prompt = backbone.encode(bot.render([{"role": "user", "content": question}]))
+    expected = _plain_greedy(backbone, prompt, None, GREEDY.max_new_tokens)
+    assert _ask(llama_runtime, "ecommerce-prompt", question).stats.token_ids == expected  # now a lane holds this prompt
+    # Two at once: one gets the lane that holds the prompt, the other copies it from there.
+    streams = [bot.stream([{"role": "user", "content": question}], GREEDY, guard=False) for _ in range(2)]
+    for stream in streams:
+        stream.consume()
+    assert [stream.stats.token_ids for stream in streams] == [expected, expected]
+    assert [stream.stats.cached_prompt_tokens for stream in streams] == [len(prompt) - 1] * 2
+
+
+@needs_llama
+def test_adapters_for_another_base_or_unreadable_are_refused(llama_runtime, tmp_path: Path) -> None:
+    import shutil
+
+    foreign = tmp_path / "foreign"
+    shutil.copytree(ADAPTERS / "ecommerce", foreign)
+    meta = json.loads((foreign / "tune_or_prompt.json").read_text())
+    (foreign / "tune_or_prompt.json").write_text(json.dumps({**meta, "base_fingerprint": "0" * 64}))
+    with pytest.raises(AdapterError, match="another base model"):
+        llama_runtime.backbone.load_adapter("foreign", foreign)
+    garbage = tmp_path / "garbage"
+    shutil.copytree(ADAPTERS / "ecommerce", garbage)
+    (garbage / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(AdapterError, match="could not be loaded"):
+        llama_runtime.backbone.load_adapter("garbage", garbage)
+    assert "garbage" not in llama_runtime.backbone.adapters
+
+
+# --- same model as the reference (transformers) ------------------------------------------------------
+
+
+@pytest.mark.slow
+@needs_llama
+def test_prompt_ids_and_first_logits_match_the_transformers_reference(llama_runtime) -> None:
+    import torch
+
+    from bots.backbone import Backbone
+    from bots.base_model import load_base
+    from bots.llama_engine import Run
+
+    reference = Backbone(load_base(BaseModelSpec()))
+    reference.load_adapter("ecommerce", ADAPTERS / "ecommerce")
+    fast = llama_runtime.backbone
+    bot = llama_runtime.bot("ecommerce-lora")
+    messages = bot.render([{"role": "user", "content": "Can I pay with PayPal?"}])
+    prompt = fast.encode(messages)
+    assert prompt == reference.encode(messages)
+    wanted = {}
+    for adapter in (None, "ecommerce"):
+        context = fast.model.new_context(1024, 1, 512)
+        context.set_adapter(fast._adapter_handles[adapter] if adapter else None)
+        got = context.decode([Run(0, prompt, 0)])[0]
+        context.close()
+        with reference.lock, reference._adapter_active(adapter), torch.no_grad():
+            want = reference.model(input_ids=torch.tensor([prompt]), logits_to_keep=1).logits[0, -1].numpy()
+        # Q4_1 weights with 8-bit activations in llama.cpp vs dequantised fp32: close, not equal.
+        assert float(np.abs(got - want).max()) < 1.5
+        assert int(np.argmax(got)) in np.argsort(-want)[:3].tolist()
+        wanted[adapter] = want
+    assert float(np.abs(wanted[None] - wanted["ecommerce"]).max()) > 3.0  # the adapter's effect dwarfs the backends' difference
+
+
+def test_embedded_gguf_is_found() -> None:
+    assert embedded_gguf_path().suffix == ".gguf"
