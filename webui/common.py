@@ -61,4 +61,4 @@ def variant_status(name: str) -> str:
     runtime = get_runtime()
     bot = runtime.bot(name)
     state = "available" if bot.availability.ok else f"**unavailable**: {bot.availability.reason}"
-    return f"`{name}` is {state}. Base model: {runtime.backbone.base.name}."
+    return f"`{name}` is {state}. Base model: {runtime.backbone.base.name}, served by {runtime.backbone.backend}."

@@ -74,4 +74,6 @@ class PaneTurn:
     def stats_line(self) -> str:
         stats = self.stream.stats
         line = f"first token {stats.ttft_s:.2f} s · {stats.decode_tokens_per_s:.1f} tok/s · {stats.new_tokens} tokens"
+        if stats.cached_prompt_tokens:
+            line += f" · {stats.cached_prompt_tokens} of {stats.prompt_tokens} prompt tokens from the cache"
         return line + self.notes()
