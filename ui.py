@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-preload", action="store_true", help="load the model on the first request instead of before serving")
     args = parser.parse_args(argv)
     if args.base_model or args.backend or not args.no_preload:
-        get_runtime(BaseModelSpec.from_env(args.base_model, backend=args.backend))
+        get_runtime(BaseModelSpec.from_env(args.base_model, backend=args.backend), warm_prompts=True)
     demo.launch(server_name=args.host, server_port=args.port)
 
 

@@ -31,7 +31,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -89,6 +88,11 @@ def probe_questions(domain: str, count: int) -> list[str]:
 def _child_main(argv: list[str]) -> None:
     """Run inside a fresh process: load, optionally answer, print one JSON line."""
     mode, backend = argv[0], argv[1]
+    if mode == "plain":
+        job = json.loads(Path(backend).read_text())
+        results = plain_llamacpp(job["prompts"], GenerationSettings(**job["settings"]), job["threads"])
+        print("BENCH " + json.dumps({"results": results}), flush=True)
+        return
     started = time.perf_counter()
     from bots.backends import build_backbone
     from bots.registry import Runtime
@@ -144,37 +148,47 @@ def _timed_reply(bot: object, question: str, settings: GenerationSettings) -> Ge
     return stream.stats
 
 
-def plain_llamacpp(prompt_ids: list[int], max_new_tokens: int, threads: int | None, is_stop: Callable[[int], bool]) -> tuple[float, float, list[int]]:
-    """llama-cpp-python's Llama on the same GGUF: (time to first token, decode tok/s, greedy ids)."""
+def plain_llamacpp(prompts: list[list[int]], settings: GenerationSettings, threads: int | None) -> list[tuple[float, float, list[int]]]:
+    """llama-cpp-python's ``Llama`` on the same GGUF, no adapter, in this process: for each
+    prompt (time to first token, decode tok/s, token ids). Tokens are picked with the same
+    TokenPicker as the backends, so the per-token work outside llama.cpp is the same."""
+    import llama_cpp
     import numpy as np
 
-    llm = _plain_llama(threads)
-    llm.reset()
-    started = time.perf_counter()
-    llm.eval(prompt_ids)
-    ids: list[int] = []
-    first = 0.0
-    for _ in range(max_new_tokens):
-        logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
-        token = int(np.argmax(logits))
-        if not first:
-            first = time.perf_counter() - started
-        if is_stop(token):
-            break
-        ids.append(token)
-        llm.eval([token])
-    total = time.perf_counter() - started
-    decode = (len(ids) - 1) / (total - first) if len(ids) > 1 else 0.0
-    return first, decode, ids
+    from bots.generation import TokenPicker
+
+    n = threads or os.cpu_count() or 1
+    llm = llama_cpp.Llama(str(embedded_gguf_path()), n_ctx=2048, n_threads=n, n_threads_batch=n, verbose=False)
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    results = []
+    for prompt_ids in prompts:
+        llm.reset()
+        picker, ids, first = TokenPicker(settings), [], 0.0
+        started = time.perf_counter()
+        llm.eval(prompt_ids)
+        for _ in range(settings.max_new_tokens):
+            logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))  # the last position's logits
+            token = picker(logits, ids)
+            first = first or time.perf_counter() - started
+            if llama_cpp.llama_vocab_is_eog(vocab, token):
+                break
+            ids.append(token)
+            llm.eval([token])
+        total = time.perf_counter() - started
+        results.append((first, (len(ids) - 1) / (total - first) if len(ids) > 1 else 0.0, ids))
+    llm.close()
+    return results
 
 
-def _plain_llama(threads: int | None) -> object:
-    if getattr(_plain_llama, "llm", None) is None:
-        from llama_cpp import Llama
-
-        n = threads or os.cpu_count() or 1
-        _plain_llama.llm = Llama(str(embedded_gguf_path()), n_ctx=2048, n_threads=n, n_threads_batch=n, verbose=False)  # type: ignore[attr-defined]
-    return _plain_llama.llm  # type: ignore[attr-defined]
+def plain_llamacpp_in_child(prompts: list[list[int]], settings: GenerationSettings, threads: int | None) -> list[tuple[float, float, list[int]]]:
+    """plain_llamacpp in a fresh process: two llama.cpp users in one process get two OpenMP
+    thread teams that spin against each other, halving both speeds (measured)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump({"prompts": prompts, "settings": asdict(settings), "threads": threads}, handle)
+    try:
+        return [tuple(row) for row in _run_child("plain", handle.name, {})["results"]]
+    finally:
+        os.unlink(handle.name)
 
 
 def measure_variants(runtime: object, config: BenchConfig, threads: int | None) -> list[VariantFigures]:
@@ -194,10 +208,8 @@ def measure_variants(runtime: object, config: BenchConfig, threads: int | None) 
             reply_s=statistics.median([run.latency_s for run in runs]),
             prompt_tokens=int(statistics.median([run.prompt_tokens for run in runs])),
         )
-        plain = []
-        for question in domain_questions:
-            ids = runtime.backbone.encode(bot.render([{"role": "user", "content": question}]))  # type: ignore[attr-defined]
-            plain.append(plain_llamacpp(ids, config.max_new_tokens, threads, runtime.backbone.model.is_end_of_generation))  # type: ignore[attr-defined]
+        prompts = [runtime.backbone.encode(bot.render([{"role": "user", "content": q}])) for q in domain_questions]  # type: ignore[attr-defined]
+        plain = plain_llamacpp_in_child(prompts, settings, threads)
         row.llamacpp_ttft_s = statistics.median([p[0] for p in plain])
         row.llamacpp_decode_tok_s = statistics.median([p[1] for p in plain if p[1]])
         figures.append(row)
@@ -250,7 +262,7 @@ def measure_agreement(fast: object, reference: object, config: BenchConfig) -> d
             free.append(share)
             forced.append(_teacher_forced(backbone, fast_ids, bot.adapter, want.token_ids, want.stopped_by, settings))
             if bot.adapter is None:
-                _, _, plain_ids = plain_llamacpp(fast_ids, n, None, backbone.model.is_end_of_generation)
+                plain_ids = plain_llamacpp_in_child([fast_ids], settings, None)[0][2]
                 plain.append(_agreement(got.token_ids, got.stopped_by, plain_ids, "eos" if len(plain_ids) < n else "length", n))
             pairs.append({"variant": name, "question": question, "share": share, "forced": forced[-1]})
     return {
@@ -315,6 +327,9 @@ def print_report(results: BenchResults) -> None:
                 f = figures[state]
                 print(f"{backend:13} {state}: {f['process_s']:.2f} s  [{f['ready_in_process_s']:.2f} s]")
     warm = results.start.get("llamacpp", {}).get("warm")
+    warmup = results.start.get("llamacpp", {}).get("prefix_warmup_after_ready_s")
+    if warmup is not None:
+        print(f"llamacpp      prompt prefixes cached in the background {warmup:.2f} s after ready (requests meanwhile wait for it)")
     if warm:
         print(f"target warm start <= {TARGETS['warm_start_s']} s: {warm['process_s']:.2f} s ({_check(warm['process_s'], TARGETS['warm_start_s'], False)})")
     print("\n## Per variant (fast backend), next to plain llama.cpp on the same prompt")
@@ -375,7 +390,11 @@ def main(argv: list[str] | None = None) -> int:
     from bots.registry import Runtime
 
     print("measuring speed per variant...", flush=True)
-    fast = Runtime.from_backbone(build_backbone(replace(BaseModelSpec.from_env(backend=config.fast_backend), threads=args.threads)))
+    started = time.perf_counter()
+    fast = Runtime.from_backbone(build_backbone(replace(BaseModelSpec.from_env(backend=config.fast_backend), threads=args.threads)), warm_prompts=True)
+    ready = time.perf_counter() - started
+    fast.backbone.wait_idle()  # the prompt prefixes are computed in the background after start
+    results.start[config.fast_backend]["prefix_warmup_after_ready_s"] = time.perf_counter() - started - ready
     results.variants = measure_variants(fast, config, args.threads)
     print("measuring the four-variant answer...", flush=True)
     results.compare = measure_compare(fast, config)

@@ -92,12 +92,14 @@ class Runtime:
         return self.bots[name]
 
     @classmethod
-    def from_backbone(cls, backbone: BackboneBase, adapters_dir: Path | None = None) -> Runtime:
+    def from_backbone(cls, backbone: BackboneBase, adapters_dir: Path | None = None, warm_prompts: bool = False) -> Runtime:
+        """``warm_prompts``: a server's choice; the prompt variants' fixed prefix (system prompt,
+        fact sheet, few-shot: ~700 tokens) is cached in the background, if the backend caches."""
         bots = build_bots(backbone, adapters_dir)
-        for bot in bots.values():
-            if bot.availability.ok:
-                # The fixed part of every prompt (system prompt, few-shot), up to the user's turn.
-                backbone.prefill(backbone.encode(bot.render([{"role": "user", "content": ""}])), bot.adapter)
+        if warm_prompts:
+            for bot in bots.values():
+                if bot.availability.ok and bot.spec.method == "prompt":
+                    backbone.prefill(backbone.encode(bot.render([{"role": "user", "content": ""}])), bot.adapter)
         return cls(backbone, bots)
 
     @classmethod
@@ -112,12 +114,12 @@ _runtime: Runtime | None = None
 _runtime_lock = threading.Lock()
 
 
-def get_runtime(spec: BaseModelSpec | None = None, adapters_dir: Path | None = None) -> Runtime:
+def get_runtime(spec: BaseModelSpec | None = None, adapters_dir: Path | None = None, warm_prompts: bool = False) -> Runtime:
     """The process's runtime, loaded on first use (the base model is loaded only once)."""
     global _runtime
     with _runtime_lock:
         if _runtime is None:
-            _runtime = Runtime.from_backbone(build_backbone(spec or BaseModelSpec.from_env()), adapters_dir)
+            _runtime = Runtime.from_backbone(build_backbone(spec or BaseModelSpec.from_env()), adapters_dir, warm_prompts)
         return _runtime
 
 

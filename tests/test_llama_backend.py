@@ -7,6 +7,7 @@ it (``make test`` does). The comparisons with the transformers reference are ``s
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import threading
@@ -132,7 +133,7 @@ def llama_runtime(tmp_path_factory: pytest.TempPathFactory):
     try:
         spec = BaseModelSpec.from_env(backend="llamacpp")
         backbone = LlamaCppBackbone(load_gguf_base(spec), config=LlamaServingConfig(lanes=4, batch_tokens=256))
-        runtime = Runtime.from_backbone(backbone)
+        runtime = Runtime.from_backbone(backbone, warm_prompts=True)
         assert backbone.wait_idle(60)
         yield runtime
         backbone.close()
@@ -326,3 +327,26 @@ def test_prompt_ids_and_first_logits_match_the_transformers_reference(llama_runt
 
 def test_embedded_gguf_is_found() -> None:
     assert embedded_gguf_path().suffix == ".gguf"
+
+
+@needs_llama
+def test_side_by_side_streams_all_four_panes_together_on_the_llama_backend(llama_runtime) -> None:
+    from bots.registry import peek_runtime, set_runtime
+    from webui.compare_tab import PANES, compare
+
+    previous = peek_runtime()
+    set_runtime(llama_runtime)
+    try:
+        # Snapshots: a frame holds the panes' history lists, which the handler keeps appending to.
+        frames = [copy.deepcopy(frame) for frame in compare("Do you ship to Canada?", "all", 24, 0.0, 0.95, 1.1, 0, [], [], [], [])]
+    finally:
+        set_runtime(previous)
+    panes_of = lambda frame: dict(zip(PANES, frame[1 : 1 + len(PANES)], strict=True))
+    final, stats = panes_of(frames[-1]), frames[-1][1 + len(PANES) :]
+    assert all(len(history) == 2 and history[1]["content"] for history in final.values())
+    assert all("first token" in str(line) for line in stats)
+    # Interleaved, not one after the other: some frame shows two panes each with an unfinished answer.
+    def unfinished(frame: tuple) -> int:
+        return sum(1 for name, h in panes_of(frame).items() if len(h) == 2 and h[1]["content"] and h[1]["content"] != final[name][1]["content"])
+
+    assert max(unfinished(frame) for frame in frames) >= 2
