@@ -29,6 +29,10 @@ class ContextOverflow(ValueError):
     """The fixed part of the prompt plus the reply budget does not fit the context."""
 
 
+class GenerationError(RuntimeError):
+    """The backend failed in the middle of a reply (the part already streamed stands)."""
+
+
 class AdapterError(RuntimeError):
     """An adapter folder cannot be used; the message says why."""
 

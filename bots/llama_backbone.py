@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from bots.backbone_base import DEFAULT_CONTEXT_TOKENS, AdapterError, BackboneBase, Message
+from bots.backbone_base import DEFAULT_CONTEXT_TOKENS, AdapterError, BackboneBase, ContextOverflow, GenerationError, Message
 from bots.base_source import EMBEDDED, EMBEDDED_NAME, BaseModelError, BaseModelSpec, cached_file_sha256, embedded_gguf_path
 from bots.generation import GenerationSettings, GenerationStats, TokenPicker, stream_text
 from bots.gguf_lora import HeadLayout, cached_gguf_lora
@@ -175,7 +175,9 @@ class LlamaCppBackbone(BackboneBase):
         if adapter is not None and adapter not in self._adapter_handles:
             raise AdapterError(f"adapter '{adapter}' is not loaded")
         if len(prompt_ids) + settings.max_new_tokens > self.context_tokens:
-            raise LlamaEngineError(f"{len(prompt_ids)} prompt tokens plus {settings.max_new_tokens} new ones exceed the {self.context_tokens}-token context")
+            raise ContextOverflow(
+                f"{len(prompt_ids)} prompt tokens plus {settings.max_new_tokens} new ones exceed the {self.context_tokens}-token context"
+            )
         job = _Job(list(prompt_ids), adapter, settings, stats, TokenPicker(settings))
         stats.prompt_tokens = len(prompt_ids)
         stats.stopped_by = "cancelled"  # until the scheduler ends it by itself
@@ -229,7 +231,7 @@ class LlamaCppBackbone(BackboneBase):
             self._wake.notify_all()
         self._worker.join(timeout=10)
         for job in self._active + self._waiting:
-            job.tokens.put(LlamaEngineError("the server is shutting down"))
+            job.tokens.put(GenerationError("the server is shutting down"))
         self.context.close()
         atexit.unregister(self.close)
 
@@ -248,7 +250,7 @@ class LlamaCppBackbone(BackboneBase):
                     self._round()
             except Exception as exc:  # noqa: BLE001  a failed decode ends the replies in flight, not the server
                 for job in list(self._active):
-                    self._finish(job, error=exc)
+                    self._finish(job, error=GenerationError(f"llama.cpp failed: {exc}"))
 
     def _admit(self) -> None:
         """Caller holds _wake. Give waiting jobs a lane, preferring the one with the longest reusable prefix."""

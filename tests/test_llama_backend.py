@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bots.backbone_base import AdapterError
+from bots.backbone_base import AdapterError, ContextOverflow
 from bots.backends import choose_backend
 from bots.base_source import BaseModelError, BaseModelSpec, embedded_gguf_path
 from bots.generation import GenerationSettings, GenerationStats
@@ -253,8 +253,32 @@ def test_closing_a_stream_early_or_unread_frees_its_lane_at_once(llama_runtime) 
 
 @needs_llama
 def test_a_prompt_that_cannot_fit_is_refused_clearly(llama_runtime) -> None:
-    with pytest.raises(Exception, match="exceed the 2048-token context|does not fit"):
+    with pytest.raises(ContextOverflow, match="exceed the 2048-token context"):
         llama_runtime.backbone.stream(list(range(100, 2100)), None, GenerationSettings(max_new_tokens=100), GenerationStats())
+
+
+@needs_llama
+def test_a_failed_decode_ends_the_replies_in_flight_with_a_clear_error_and_the_server_goes_on(llama_runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    from webui.turns import PaneTurn
+
+    context = llama_runtime.backbone.context
+    real_decode = context.decode
+    calls = {"n": 0}
+
+    def failing_once(runs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated llama.cpp failure")
+        return real_decode(runs)
+
+    monkeypatch.setattr(context, "decode", failing_once)
+    turn = PaneTurn.start(llama_runtime.bot("ecommerce-lora"), [], "Tell me about your shop.", GenerationSettings(max_new_tokens=40), guard=False)
+    for _ in turn.updates():
+        pass
+    assert "generation stopped" in turn.notes() and "simulated llama.cpp failure" in turn.notes()
+    assert not any(lane.busy for lane in llama_runtime.backbone._lanes)
+    monkeypatch.setattr(context, "decode", real_decode)
+    assert _ask(llama_runtime, "ecommerce-lora", QUESTIONS["ecommerce-lora"]).stats.stopped_by in ("eos", "length")
 
 
 @needs_llama

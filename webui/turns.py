@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 import gradio as gr
 
+from bots.backbone_base import GenerationError
 from bots.bot import Bot, PromptOverride, ReplyStream, VariantUnavailable
 from bots.generation import GenerationSettings
 from webui.common import ChatHistory, for_display, to_conversation
@@ -52,9 +53,11 @@ class PaneTurn:
     name: str
     history: ChatHistory
     stream: ReplyStream
+    failure: str = ""
+    """Why generation stopped half-way, if it did (the partial reply stays)."""
 
     @classmethod
-    def start(cls, bot: Bot, history: ChatHistory, message: str, settings: GenerationSettings, override: PromptOverride | None = None, guard: bool = True) -> "PaneTurn":
+    def start(cls, bot: Bot, history: ChatHistory, message: str, settings: GenerationSettings, override: PromptOverride | None = None, guard: bool = True) -> PaneTurn:
         """Check and render the request (raises one of TURN_ERRORS); generation starts on iteration."""
         history = list(history or [])
         stream = bot.stream(to_conversation(history) + [{"role": "user", "content": message or ""}], settings, override, guard)
@@ -63,13 +66,16 @@ class PaneTurn:
 
     def updates(self) -> Iterator[ChatHistory]:
         """The pane's history after each streamed piece (holds the model until exhausted or closed)."""
-        for _ in self.stream:
-            self.history[-1] = {"role": "assistant", "content": for_display(self.stream.text)}
-            yield self.history
+        try:
+            for _ in self.stream:
+                self.history[-1] = {"role": "assistant", "content": for_display(self.stream.text)}
+                yield self.history
+        except GenerationError as exc:
+            self.failure = f"generation stopped: {exc}"
 
     def notes(self) -> str:
-        """Context trimming and guard actions, for the user to see ('' when none)."""
-        return "".join(f" · ⚠️ {note}" for note in (self.stream.notice, self.stream.guard_note) if note)
+        """Context trimming, guard actions and a failure, for the user to see ('' when none)."""
+        return "".join(f" · ⚠️ {note}" for note in (self.stream.notice, self.stream.guard_note, self.failure) if note)
 
     def stats_line(self) -> str:
         stats = self.stream.stats
