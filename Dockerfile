@@ -35,8 +35,10 @@ ENV HOME=/home/user \
     TOP_CACHE_DIR=/home/user/.cache/tune-or-prompt
 
 # Build the caches at image build time, so starts are fast: the safetensors copy of the
-# GGUF (transformers backend) and the GGUF LoRA adapters plus the file hash (llama.cpp).
-RUN python -m bots.base_model && python -m bots --backend llamacpp list
+# GGUF (transformers backend), and for llama.cpp the GGUF LoRA adapters, the file hash and
+# the prompt variants' prefix KV caches.
+RUN python -m bots.base_model \
+ && python -c "from bots.registry import get_runtime; get_runtime(warm_prompts=True).backbone.wait_idle()"
 
 EXPOSE 7860
 CMD ["python", "ui.py", "--host", "0.0.0.0", "--port", "7860"]

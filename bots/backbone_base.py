@@ -107,6 +107,10 @@ class BackboneBase(ABC):
         """Compute and keep the cache for prompts that start with ``prompt_ids``, in the
         background, if the backend keeps such a cache (the default does nothing)."""
 
+    def wait_idle(self, timeout_s: float = 60.0) -> bool:
+        """Block until background work (such as prefills) is done; True when idle."""
+        return True
+
     # --- shared -----------------------------------------------------------------------------
 
     def check_adapter(self, path: Path) -> dict:

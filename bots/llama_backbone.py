@@ -19,6 +19,7 @@ Run ``python -m bots.bench`` to compare it with the transformers path and plain 
 from __future__ import annotations
 
 import atexit
+import hashlib
 import queue
 import threading
 import time
@@ -34,6 +35,9 @@ from bots.base_source import EMBEDDED, EMBEDDED_NAME, BaseModelError, BaseModelS
 from bots.generation import GenerationSettings, GenerationStats, TokenPicker, stream_text
 from bots.gguf_lora import HeadLayout, cached_gguf_lora
 from bots.llama_engine import Context, LlamaEngineError, LlamaModel, Run
+
+KV_FORMAT = "llama-cpp-python-0.3.36-f16-v1"
+"""Part of a prefix KV file's key: a new llama.cpp or a new layout makes new files."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,8 @@ class _Job:
     """The token picked last, fed to the model in the next round."""
     prefill_only: bool = False
     """Fill the lane's cache with the prompt and stop: no reply (a warm-up)."""
+    kv_file: Path | None = None
+    """For a warm-up: where its KV cache is kept between runs (loaded if there, else saved)."""
     started: float = 0.0
 
 
@@ -119,9 +125,13 @@ class _Lane:
 class LlamaCppBackbone(BackboneBase):
     backend = "llamacpp"
 
-    def __init__(self, base: LoadedGguf, context_tokens: int = DEFAULT_CONTEXT_TOKENS, config: LlamaServingConfig | None = None) -> None:
+    def __init__(
+        self, base: LoadedGguf, context_tokens: int = DEFAULT_CONTEXT_TOKENS, config: LlamaServingConfig | None = None, kv_cache_dir: Path | None = None
+    ) -> None:
         self.config = config or LlamaServingConfig()
         super().__init__(base, context_tokens)
+        self.kv_cache_dir = kv_cache_dir
+        """Where warm-up prefixes' KV caches are kept between runs (None: not kept)."""
         self.parallel_replies = self.config.lanes
         self.model = base.model
         self.context: Context = self.model.new_context(context_tokens, self.config.lanes, self.config.batch_tokens)
@@ -190,7 +200,19 @@ class LlamaCppBackbone(BackboneBase):
         if len(prompt_ids) < 2 or len(prompt_ids) > self.context_tokens:
             return
         settings = GenerationSettings(max_new_tokens=1)
-        self._submit(_Job(list(prompt_ids), adapter, settings, GenerationStats(), TokenPicker(settings), prefill_only=True))
+        job = _Job(list(prompt_ids), adapter, settings, GenerationStats(), TokenPicker(settings), prefill_only=True)
+        job.kv_file = self._kv_file(prompt_ids, adapter)
+        self._submit(job)
+
+    def _kv_file(self, prompt_ids: list[int], adapter: str | None) -> Path | None:
+        """The prefix KV cache file of a prompt: keyed by the base, the adapter's weights and the tokens."""
+        if self.kv_cache_dir is None:
+            return None
+        digest = hashlib.sha256(f"{self.base.fingerprint}:{adapter}:{KV_FORMAT}".encode())
+        if adapter is not None:
+            digest.update(cached_file_sha256(self.adapters[adapter] / "adapter_model.safetensors", self.kv_cache_dir.parent).encode())
+        digest.update(np.asarray(prompt_ids, dtype=np.int32).tobytes())
+        return self.kv_cache_dir / f"{digest.hexdigest()[:24]}.kv"
 
     def wait_idle(self, timeout_s: float = 60.0) -> bool:
         """Block until no job runs or waits (warm-ups included); False on timeout."""
@@ -278,9 +300,26 @@ class LlamaCppBackbone(BackboneBase):
             lane.cached = lane.cached[:reuse]
             lane.adapter = job.adapter
             job.lane, job.fed, job.started = lane, reuse, time.perf_counter()
+            if job.prefill_only and job.kv_file is not None and job.kv_file.is_file() and self._restore(job, lane):
+                continue
             job.stats.cached_prompt_tokens = reuse
             self._active.append(job)
         self._waiting = still_waiting
+
+    def _restore(self, job: _Job, lane: _Lane) -> bool:
+        """Load a warm-up's KV cache from its file instead of computing it; False if unusable."""
+        self.context.forget(lane.seq, 0)
+        tokens = self.context.load_sequence(lane.seq, job.kv_file, len(job.prompt_ids)) if job.kv_file else None
+        if tokens != job.prompt_ids:
+            self.context.forget(lane.seq, 0)
+            lane.cached = []
+            job.fed = 0
+            return False
+        lane.cached = list(tokens)
+        job.fed = len(tokens)
+        job.stats.cached_prompt_tokens = len(tokens)
+        self._finish(job)
+        return True
 
     def _best_donor(self, job: _Job, exclude: _Lane) -> tuple[_Lane | None, int]:
         best, length = None, 0
@@ -297,8 +336,11 @@ class LlamaCppBackbone(BackboneBase):
             return None
 
         def score(lane: _Lane) -> tuple[int, float]:
+            # Reuse as much as possible, destroy as little cached work as possible (a lane
+            # holding another prompt's 700-token prefix is worth keeping over saving 5 tokens),
+            # then the least recently used.
             reuse = _common_prefix(lane.cached, job.prompt_ids) if lane.adapter == job.adapter else 0
-            return reuse, -lane.last_used  # then the least recently used, to keep hot prefixes
+            return 2 * reuse - len(lane.cached), -lane.last_used
 
         return max(free, key=score)
 
@@ -350,6 +392,9 @@ class LlamaCppBackbone(BackboneBase):
             job.fed += len(run.tokens)
         if job.prefill_only and job.fed == len(job.prompt_ids):
             job.stats.stopped_by = "length"
+            if job.kv_file is not None:
+                job.kv_file.parent.mkdir(parents=True, exist_ok=True)
+                self.context.save_sequence(lane.seq, lane.cached, job.kv_file)
             self._finish(job)
             return
         if row is None:

@@ -170,6 +170,27 @@ class Context:
         """Drop a sequence's cached tokens from ``from_position`` on."""
         self._lib.llama_memory_seq_rm(self.memory, seq, from_position, -1)
 
+    def save_sequence(self, seq: int, tokens: Sequence[int], path: Path) -> bool:
+        """Write a sequence's KV cache and its tokens to ``path`` (atomically); False on failure."""
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        array = (self._lib.llama_token * len(tokens))(*tokens)
+        written = self._lib.llama_state_seq_save_file(self.ctx, str(tmp).encode(), seq, array, len(tokens))
+        if not written:
+            tmp.unlink(missing_ok=True)
+            return False
+        os.replace(tmp, path)
+        return True
+
+    def load_sequence(self, seq: int, path: Path, capacity: int) -> list[int] | None:
+        """Fill an empty sequence from a file of ``save_sequence``; its tokens, or None if unusable."""
+        tokens = (self._lib.llama_token * capacity)()
+        count = ctypes.c_size_t(0)
+        read = self._lib.llama_state_seq_load_file(self.ctx, str(path).encode(), seq, tokens, capacity, ctypes.byref(count))
+        if not read:
+            self.forget(seq, 0)
+            return None
+        return list(tokens[: count.value])
+
     def share(self, source: int, target: int, length: int) -> None:
         """Give sequence ``target`` the first ``length`` cached positions of ``source``.
 

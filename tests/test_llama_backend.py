@@ -374,3 +374,37 @@ def test_side_by_side_streams_all_four_panes_together_on_the_llama_backend(llama
         return sum(1 for name, h in panes_of(frame).items() if len(h) == 2 and h[1]["content"] and h[1]["content"] != final[name][1]["content"])
 
     assert max(unfinished(frame) for frame in frames) >= 2
+
+
+@needs_llama
+def test_warm_prefixes_are_kept_on_disk_and_a_restart_loads_them_with_unchanged_replies(tmp_path: Path) -> None:
+    from bots.llama_backbone import LlamaCppBackbone, LlamaServingConfig, load_gguf_base
+    from bots.registry import Runtime
+
+    spec = BaseModelSpec(cache_dir=tmp_path, backend="llamacpp")
+    question = [{"role": "user", "content": "Do you ship to Canada?"}]
+
+    def start() -> Runtime:
+        backbone = LlamaCppBackbone(load_gguf_base(spec), config=LlamaServingConfig(lanes=2), kv_cache_dir=tmp_path / "prefix-kv")
+        runtime = Runtime.from_backbone(backbone, adapters_dir=tmp_path / "no-adapters", warm_prompts=True)
+        assert backbone.wait_idle(60)
+        return runtime
+
+    first = start()
+    files = sorted((tmp_path / "prefix-kv").glob("*.kv"))
+    assert len(files) == 2  # one per prompt variant
+    expected = first.bot("ecommerce-prompt").reply(question, GREEDY, guard=False).stats
+    first.backbone.close()
+
+    second = start()  # loads the files: nothing to compute
+    again = second.bot("ecommerce-prompt").reply(question, GREEDY, guard=False).stats
+    assert again.token_ids == expected.token_ids
+    assert again.cached_prompt_tokens == expected.cached_prompt_tokens > 500
+    second.backbone.close()
+
+    for file in files:
+        file.write_bytes(b"garbage")  # a damaged file is recomputed, not trusted
+    third = start()
+    assert third.bot("ecommerce-prompt").reply(question, GREEDY, guard=False).stats.token_ids == expected.token_ids
+    assert all(file.stat().st_size > 1000 for file in files)  # and written again
+    third.backbone.close()
