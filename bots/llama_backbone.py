@@ -302,7 +302,7 @@ class LlamaCppBackbone(BackboneBase):
             job.lane, job.fed, job.started = lane, reuse, time.perf_counter()
             if job.prefill_only and job.kv_file is not None and job.kv_file.is_file() and self._restore(job, lane):
                 continue
-            job.stats.cached_prompt_tokens = reuse
+            job.stats.cached_prompt_tokens = job.fed  # 0 again if a prefix file could not be loaded
             self._active.append(job)
         self._waiting = still_waiting
 
