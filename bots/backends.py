@@ -41,7 +41,7 @@ def _is_gguf_source(spec: BaseModelSpec) -> bool:
 def _build_llamacpp(spec: BaseModelSpec) -> BackboneBase:
     from bots.llama_backbone import LlamaCppBackbone, load_gguf_base
 
-    return LlamaCppBackbone(load_gguf_base(spec), kv_cache_dir=spec.cache_dir / "prefix-kv")
+    return LlamaCppBackbone(load_gguf_base(spec))
 
 
 def _build_transformers(spec: BaseModelSpec) -> BackboneBase:

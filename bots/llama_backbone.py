@@ -44,8 +44,6 @@ KV_FORMAT = "llama-cpp-python-0.3.36-f16-v1"
 class LlamaServingConfig:
     """How the llama.cpp backbone uses the machine."""
 
-    threads: int | None = None
-    """Compute threads; None: all cores."""
     lanes: int = 4
     """Replies that can be in flight at once (more wait for a free lane). Each lane has a KV
     cache for a whole context (2048 tokens: 47 MB in f16)."""
@@ -64,9 +62,11 @@ class LoadedGguf:
     fingerprint: str
     load_seconds: float
     from_cache: bool
+    cache_dir: Path
+    """Where converted adapters and prompt-prefix KV caches are kept (the spec's cache folder)."""
 
 
-def load_gguf_base(spec: BaseModelSpec, config: LlamaServingConfig | None = None) -> LoadedGguf:
+def load_gguf_base(spec: BaseModelSpec) -> LoadedGguf:
     """Load the embedded GGUF (or a .gguf file given as the source) with llama.cpp."""
     started = time.perf_counter()
     if spec.source == EMBEDDED:
@@ -76,14 +76,13 @@ def load_gguf_base(spec: BaseModelSpec, config: LlamaServingConfig | None = None
         name = path.name
     else:
         raise BaseModelError(f"the llama.cpp backend runs GGUF files; '{spec.source}' is not one (use --backend transformers)")
-    threads = (config.threads if config else None) or spec.threads
     try:
-        model = LlamaModel(path, threads)
+        model = LlamaModel(path, spec.threads)
     except LlamaEngineError as exc:
         raise BaseModelError(str(exc)) from exc
     hashes_known = (spec.cache_dir / "file_hashes.json").is_file()
     fingerprint = cached_file_sha256(path, spec.cache_dir)
-    return LoadedGguf(model, name, fingerprint, time.perf_counter() - started, hashes_known)
+    return LoadedGguf(model, name, fingerprint, time.perf_counter() - started, hashes_known, spec.cache_dir)
 
 
 @dataclass
@@ -125,13 +124,10 @@ class _Lane:
 class LlamaCppBackbone(BackboneBase):
     backend = "llamacpp"
 
-    def __init__(
-        self, base: LoadedGguf, context_tokens: int = DEFAULT_CONTEXT_TOKENS, config: LlamaServingConfig | None = None, kv_cache_dir: Path | None = None
-    ) -> None:
+    def __init__(self, base: LoadedGguf, context_tokens: int = DEFAULT_CONTEXT_TOKENS, config: LlamaServingConfig | None = None) -> None:
         self.config = config or LlamaServingConfig()
         super().__init__(base, context_tokens)
-        self.kv_cache_dir = kv_cache_dir
-        """Where warm-up prefixes' KV caches are kept between runs (None: not kept)."""
+        self.cache_dir = base.cache_dir
         self.parallel_replies = self.config.lanes
         self.model = base.model
         self.context: Context = self.model.new_context(context_tokens, self.config.lanes, self.config.batch_tokens)
@@ -170,9 +166,8 @@ class LlamaCppBackbone(BackboneBase):
     def load_adapter(self, name: str, path: Path) -> None:
         """Convert (once, cached) and load a PEFT adapter; on failure nothing changes."""
         self.check_adapter(path)
-        cache_dir = BaseModelSpec.from_env().cache_dir
         try:
-            gguf_lora = cached_gguf_lora(path, cache_dir, self._heads)
+            gguf_lora = cached_gguf_lora(path, self.cache_dir, self._heads)
             handle = self.model.load_adapter(gguf_lora)
         except Exception as exc:  # conversion, safetensors and llama.cpp raise many kinds; all mean "unusable"
             raise AdapterError(f"adapter {path.name} could not be loaded: {exc}") from exc
@@ -204,15 +199,13 @@ class LlamaCppBackbone(BackboneBase):
         job.kv_file = self._kv_file(prompt_ids, adapter)
         self._submit(job)
 
-    def _kv_file(self, prompt_ids: list[int], adapter: str | None) -> Path | None:
+    def _kv_file(self, prompt_ids: list[int], adapter: str | None) -> Path:
         """The prefix KV cache file of a prompt: keyed by the base, the adapter's weights and the tokens."""
-        if self.kv_cache_dir is None:
-            return None
         digest = hashlib.sha256(f"{self.base.fingerprint}:{adapter}:{KV_FORMAT}".encode())
         if adapter is not None:
-            digest.update(cached_file_sha256(self.adapters[adapter] / "adapter_model.safetensors", self.kv_cache_dir.parent).encode())
+            digest.update(cached_file_sha256(self.adapters[adapter] / "adapter_model.safetensors", self.cache_dir).encode())
         digest.update(np.asarray(prompt_ids, dtype=np.int32).tobytes())
-        return self.kv_cache_dir / f"{digest.hexdigest()[:24]}.kv"
+        return self.cache_dir / "prefix-kv" / f"{digest.hexdigest()[:24]}.kv"
 
     def wait_idle(self, timeout_s: float = 60.0) -> bool:
         """Block until no job runs or waits (warm-ups included); False on timeout."""
@@ -363,26 +356,26 @@ class LlamaCppBackbone(BackboneBase):
             later = order[(order.index(self._turn) + 1) % len(order)] if self._turn in by_adapter else order[0]
             self._turn, self._burst_left = later, self.config.burst_steps
         self._burst_left -= 1
-        for adapter, jobs in [(self._turn, by_adapter[self._turn])]:
-            self.context.set_adapter(self._adapter_handles[adapter] if adapter else None)
-            # One llama_decode call per group: prompt chunks share what the decoding jobs leave.
-            budget = self.config.batch_tokens - sum(1 for job in jobs if job.next_token is not None)
-            runs: list[tuple[_Job, Run]] = []
-            for job in jobs:
-                lane = job.lane
-                assert lane is not None
-                if job.next_token is not None:
-                    runs.append((job, Run(lane.seq, [job.next_token], len(lane.cached))))
-                elif budget > 0:
-                    chunk = job.prompt_ids[job.fed : job.fed + budget]
-                    budget -= len(chunk)
-                    last = job.fed + len(chunk) == len(job.prompt_ids)
-                    runs.append((job, Run(lane.seq, chunk, len(lane.cached), want_logits=last and not job.prefill_only)))
-            if not runs:
-                continue
-            logits = self.context.decode([run for _, run in runs])
-            for (job, run), row in zip(runs, logits, strict=True):
-                self._advance(job, run, row)
+        jobs = by_adapter[self._turn]
+        self.context.set_adapter(self._adapter_handles[self._turn] if self._turn else None)
+        # One llama_decode call for the group: prompt chunks share what the decoding jobs leave.
+        budget = self.config.batch_tokens - sum(1 for job in jobs if job.next_token is not None)
+        runs: list[tuple[_Job, Run]] = []
+        for job in jobs:
+            lane = job.lane
+            assert lane is not None
+            if job.next_token is not None:
+                runs.append((job, Run(lane.seq, [job.next_token], len(lane.cached))))
+            elif budget > 0:
+                chunk = job.prompt_ids[job.fed : job.fed + budget]
+                budget -= len(chunk)
+                last = job.fed + len(chunk) == len(job.prompt_ids)
+                runs.append((job, Run(lane.seq, chunk, len(lane.cached), want_logits=last and not job.prefill_only)))
+        if not runs:
+            return
+        logits = self.context.decode([run for _, run in runs])
+        for (job, run), row in zip(runs, logits, strict=True):
+            self._advance(job, run, row)
 
     def _advance(self, job: _Job, run: Run, row: np.ndarray | None) -> None:
         lane = job.lane

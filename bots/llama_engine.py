@@ -29,10 +29,6 @@ class LlamaEngineError(RuntimeError):
     """llama.cpp refused a model, adapter or batch; the message says which."""
 
 
-class ContextFull(LlamaEngineError):
-    """The shared KV cache has no room for the batch; nothing of the batch was stored."""
-
-
 @dataclass(frozen=True)
 class Run:
     """Tokens to append to one sequence, starting at position ``start``."""
@@ -54,7 +50,6 @@ class LlamaModel:
         _quiet_llama_logs(llama_cpp)
         llama_cpp.llama_backend_init()
         params = llama_cpp.llama_model_default_params()
-        self.path = gguf_path
         self.model = llama_cpp.llama_model_load_from_file(str(gguf_path).encode(), params)
         if not self.model:
             raise LlamaEngineError(f"llama.cpp could not load {gguf_path}")
@@ -63,7 +58,6 @@ class LlamaModel:
         self.threads = threads or os.cpu_count() or 1
         self.n_head = int(llama_cpp.llama_model_n_head(self.model))
         self.n_head_kv = int(llama_cpp.llama_model_n_head_kv(self.model))
-        self.weights_bytes = int(llama_cpp.llama_model_size(self.model))
         self._piece_cache: dict[int, bytes] = {}
 
     # --- metadata and vocabulary ------------------------------------------------------------
@@ -146,7 +140,6 @@ class Context:
         if not self.ctx:
             raise LlamaEngineError("llama.cpp could not create a context (out of memory?)")
         self.memory = lib.llama_get_memory(self.ctx)
-        self.sequences = sequences
         self.batch_tokens = batch_tokens
         self._batch = lib.llama_batch_init(batch_tokens, 0, 1)
         self._adapter: int | None = None
@@ -231,8 +224,6 @@ class Context:
                     carry.append((index, done + take))
             batch.n_tokens = n
             rc = self._lib.llama_decode(self.ctx, batch)
-            if rc == 1:
-                raise ContextFull("the KV cache has no room for this batch")
             if rc != 0:
                 raise LlamaEngineError(f"llama.cpp decode failed (code {rc}; 1 means the context is full)")
             for index, row in wanted:

@@ -385,7 +385,7 @@ def test_warm_prefixes_are_kept_on_disk_and_a_restart_loads_them_with_unchanged_
     question = [{"role": "user", "content": "Do you ship to Canada?"}]
 
     def start() -> Runtime:
-        backbone = LlamaCppBackbone(load_gguf_base(spec), config=LlamaServingConfig(lanes=2), kv_cache_dir=tmp_path / "prefix-kv")
+        backbone = LlamaCppBackbone(load_gguf_base(spec), config=LlamaServingConfig(lanes=2))
         runtime = Runtime.from_backbone(backbone, adapters_dir=tmp_path / "no-adapters", warm_prompts=True)
         assert backbone.wait_idle(60)
         return runtime
