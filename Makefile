@@ -1,6 +1,8 @@
 # Tune or Prompt: two commands for a fresh machine with Python 3.11.
 #   make run    install everything into .venv and start the UI on http://localhost:7860
 #   make test   install everything (with test tools) and run the test suite
+#   make lint   ruff over the whole tree (rules in pyproject.toml)
+#   make dist   build the wheel into dist/ and check that it holds the data files
 # Elsewhere than our build machines, get the CPU build of torch with
 #   make run TORCH_INDEX=https://download.pytorch.org/whl/cpu
 # The fast backend (llama-cpp-python) compiles llama.cpp on first install (~4 min on
@@ -22,7 +24,7 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 	-DGGML_LLAMAFILE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
 	-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF
 
-.PHONY: install install-test run test clean-cache
+.PHONY: install install-test run test lint dist clean-cache
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +52,17 @@ run: install
 
 test: install-test
 	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install-test
+	$(BIN)/ruff check .
+
+# The wheel, built without the network beyond PyPI (setuptools); the check lists what the
+# code reads at run time (adapters, prompt files, rules, datasets, probes) and installs
+# the wheel into a scratch folder to load them from there.
+dist: install-test
+	rm -rf dist
+	$(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .
+	$(BIN)/python -m tests.check_wheel dist/*.whl
 
 clean-cache:
 	rm -rf $${TOP_CACHE_DIR:-$${XDG_CACHE_HOME:-$$HOME/.cache}/tune-or-prompt}

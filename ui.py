@@ -10,13 +10,13 @@ loaded once per process, before serving (``--no-preload``: on the first request)
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import gradio as gr
 
 from bots.backends import BACKEND_NAMES
 from bots.base_source import BaseModelSpec
+from bots.cli_args import CommandParser
 from bots.registry import get_runtime
 from webui.admission import current_gate
 from webui.arena_tab import build_arena_tab
@@ -56,7 +56,7 @@ demo = build_demo()
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Serve the Tune or Prompt UI.")
+    parser = CommandParser(prog="python ui.py", description="Serve the Tune or Prompt UI.")
     parser.add_argument("--host", default=os.environ.get("TOP_HOST", "0.0.0.0"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("TOP_PORT", DEFAULT_PORT)))
     parser.add_argument("--base-model", default=None, help="'embedded' (default), a hub id or a local folder; env TOP_BASE_MODEL")

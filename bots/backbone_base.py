@@ -106,6 +106,7 @@ class BackboneBase(ABC):
     def prefill(self, prompt_ids: list[int], adapter: str | None) -> None:
         """Compute and keep the cache for prompts that start with ``prompt_ids``, in the
         background, if the backend keeps such a cache (the default does nothing)."""
+        return None
 
     def wait_idle(self, timeout_s: float = 60.0) -> bool:
         """Block until background work (such as prefills) is done; True when idle."""

@@ -39,6 +39,7 @@ from bots.base_source import (  # noqa: F401  re-exported: callers import them f
     default_cache_dir,
     embedded_gguf_path,
     file_sha256,
+    hub_id_of,
 )
 
 
@@ -53,6 +54,8 @@ class LoadedBase:
     """sha256 identifying the weights (adapters record it to refuse a foreign base)."""
     load_seconds: float
     from_cache: bool
+    hub_id: str = ""
+    """How adapters trained on it name their base (``base_model_name_or_path``); '' = ``name``."""
 
 
 def _embedded_cache_folder(spec: BaseModelSpec, gguf: Path) -> Path:
@@ -146,11 +149,16 @@ def load_base(spec: BaseModelSpec | None = None) -> LoadedBase:
     model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return LoadedBase(model, tokenizer, name, fingerprint, time.perf_counter() - started, cached)
+    return LoadedBase(model, tokenizer, name, fingerprint, time.perf_counter() - started, cached, hub_id_of(spec.source))
 
 
-def main() -> None:
-    base = load_base()
+def main(argv: list[str] | None = None) -> None:
+    from bots.cli_args import CommandParser
+
+    parser = CommandParser(prog="python -m bots.base_model", description="Build the safetensors cache of the base model and print where it lives.")
+    parser.add_argument("--base-model", default=None, help="'embedded' (default), a hub id or a local folder; env TOP_BASE_MODEL")
+    args = parser.parse_args(argv)
+    base = load_base(BaseModelSpec.from_env(args.base_model))
     print(f"{base.name}: loaded in {base.load_seconds:.1f}s (cache {'hit' if base.from_cache else 'built'}), sha256 {base.fingerprint[:16]}")
     print(f"cache folder: {BaseModelSpec.from_env().cache_dir}")
 

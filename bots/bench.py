@@ -21,7 +21,6 @@ and prints each figure with its ratio and the target. Run::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -35,6 +34,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from bots.base_source import BaseModelSpec, embedded_gguf_path
+from bots.cli_args import CommandParser
 from bots.generation import GenerationSettings, GenerationStats
 
 PROBES_DIR = Path(__file__).resolve().parent.parent / "training" / "probes"
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--child"]:
         _child_main(argv[1:])
         return 0
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="python -m bots.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 probes per domain; skip the reference's cold start")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")

@@ -77,7 +77,7 @@ class ReplyStream:
         if close:
             close()
 
-    def consume(self) -> "ReplyStream":
+    def consume(self) -> ReplyStream:
         for _ in self:
             pass
         return self

@@ -23,9 +23,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TextIO
 
+from bots.backbone_base import GenerationError
 from bots.backends import BACKEND_NAMES
 from bots.base_source import BaseModelError, BaseModelSpec
 from bots.bot import VariantUnavailable
+from bots.cli_args import CommandParser
 from bots.conversation import ConversationError
 from bots.generation import GenerationSettings, SettingsError
 from bots.registry import VARIANTS, Runtime, UnknownVariant, get_runtime
@@ -42,7 +44,7 @@ class BatchInputError(ValueError):
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bots", description="Chat with the Tune or Prompt variants.")
+    parser = CommandParser(prog="python -m bots", description="Chat with the Tune or Prompt variants.")
     parser.add_argument("--base-model", default=None, help="'embedded' (default), a hub id or a local folder; env TOP_BASE_MODEL")
     parser.add_argument("--adapters-dir", type=Path, default=None, help="folder with <domain>/ adapters; env TOP_ADAPTERS_DIR")
     parser.add_argument("--backend", choices=BACKEND_NAMES, default=None, help="serving backend (default auto: the fastest installed); env TOP_BACKEND")
@@ -164,6 +166,6 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         if args.command == "ask":
             return command_ask(runtime, args, out)
         return command_batch(runtime, args)
-    except (BaseModelError, BatchInputError, SettingsError, ConversationError, VariantUnavailable, UnknownVariant) as exc:
+    except (BaseModelError, BatchInputError, SettingsError, ConversationError, VariantUnavailable, UnknownVariant, GenerationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

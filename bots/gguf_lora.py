@@ -19,7 +19,6 @@ Run by hand::
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -29,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from bots.cli_args import CommandParser
 
 CONVERTER_VERSION = 1
 """Bump when the output format changes: cached files of older versions are then rebuilt."""
@@ -173,12 +174,12 @@ def cached_gguf_lora(adapter_dir: Path, cache_dir: Path, heads: HeadLayout) -> P
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = CommandParser(prog="python -m bots.gguf_lora", description=__doc__.splitlines()[0])
     parser.add_argument("adapter_dir", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--base-gguf", type=Path, help="base model GGUF (default: the embedded SmolLM2)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     from bots.base_model import embedded_gguf_path
 
     heads = read_head_layout(args.base_gguf or embedded_gguf_path())

@@ -18,7 +18,6 @@ failure, loss or mismatch (or when nothing completed), 2 on bad usage.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ipaddress
 import math
@@ -34,6 +33,7 @@ from urllib.parse import urlparse
 from gradio_client import Client
 from gradio_client.utils import QueueError
 
+from bots.cli_args import CommandParser
 from bots.registry import VARIANTS
 from prompts import load_prompt_spec
 from webui.admission import is_busy
@@ -287,7 +287,7 @@ def _free_port() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bots.loadtest", description="Load test of the chat UI (loopback only).")
+    parser = CommandParser(prog="python -m bots.loadtest", description="Load test of the chat UI (loopback only).")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--url", help="the running UI, e.g. http://127.0.0.1:7860/")
     target.add_argument("--serve", action="store_true", help="start the UI in this process on a free loopback port")

@@ -103,7 +103,7 @@ class SafetyRules:
     out_of_scope_reply: dict[str, str]
 
     @classmethod
-    def load(cls, path: Path = RULES_FILE) -> "SafetyRules":
+    def load(cls, path: Path = RULES_FILE) -> SafetyRules:
         data: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8"))
         macros: dict[str, str] = data["macros"]
 
@@ -191,7 +191,7 @@ def _one_edit_apart(word: str, target: str) -> bool:
     if word == target or abs(len(word) - len(target)) > 1:
         return False
     if len(word) == len(target):
-        diffs = [i for i, (a, b) in enumerate(zip(word, target)) if a != b]
+        diffs = [i for i, (a, b) in enumerate(zip(word, target, strict=True)) if a != b]
         if len(diffs) == 1:
             return True
         i = diffs[0]
@@ -300,9 +300,8 @@ def _infant_fever_match(rule: _InfantFever, text: str) -> str | None:
         if unit.startswith("c") or (not unit and 34.0 <= value <= 43.5):
             if value >= rule.min_celsius:
                 return match.group()
-        elif unit.startswith("f") or (not unit and 93.0 <= value <= 110.0):
-            if value >= rule.min_fahrenheit - 1e-9:
-                return match.group()
+        elif (unit.startswith("f") or (not unit and 93.0 <= value <= 110.0)) and value >= rule.min_fahrenheit - 1e-9:
+            return match.group()
     return _live_match(rule.fever_word, text)
 
 

@@ -10,9 +10,8 @@ Run ``python -m prompts ecommerce`` to print the rendered messages of a sample t
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import yaml
@@ -115,7 +114,7 @@ def load_prompt_file(path: Path) -> PromptSpec:
     return parse_prompt_spec(raw, path)
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_prompt_spec(domain: str) -> PromptSpec:
     path = PROMPTS_DIR / f"{domain}.yaml"
     if not path.is_file():
@@ -178,15 +177,3 @@ def _with_overrides(spec: PromptSpec, system_prompt: str | None, few_shot: tuple
         system_prompt=spec.system_prompt if system_prompt is None else system_prompt,
         few_shot=spec.few_shot if few_shot is None else few_shot,
     )
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = argv if argv is not None else sys.argv[1:]
-    domain = args[0] if args else "ecommerce"
-    spec = load_prompt_spec(domain)
-    for message in render_prompted(spec, [{"role": "user", "content": spec.example_questions[0]}]):
-        print(f"--- {message['role']}\n{message['content']}")
-
-
-if __name__ == "__main__":
-    main()

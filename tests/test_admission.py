@@ -135,4 +135,4 @@ def test_every_generation_handler_answers_busy_at_once_and_keeps_what_the_user_h
 def test_is_busy_tells_the_busy_answer_from_other_statuses() -> None:
     assert is_busy("⚠️ Server busy: 2 people are ahead of you.") and is_busy("Server busy: 1 person is ahead of you.")
     assert not is_busy("ecommerce-lora: first token 0.01 s") and not is_busy("⚠️ the message is empty: please type a question")
-    assert SETTINGS_COUNT == len(SETTINGS)
+    assert len(SETTINGS) == SETTINGS_COUNT

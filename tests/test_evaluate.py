@@ -14,7 +14,7 @@ from bots.registry import VARIANTS, Runtime
 from tests.tiny_model import save_tiny_adapter
 from training import evaluate
 from training.metrics import metrics_for
-from webui.report_tab import build_report_tab, load_results
+from webui.report_tab import DEFAULT_REPORT_DIR, build_report_tab, load_results, shown_path
 
 SYSTEM = {"role": "system", "content": "short system prompt"}
 TEST_DIALOGS = {
@@ -143,15 +143,20 @@ def test_bad_arguments_are_refused() -> None:
 
 
 def test_report_tab_builds_with_and_without_a_report(full_runtime: Runtime, tmp_path: Path) -> None:
-    with gr.Blocks() as empty:
-        with gr.Tab("Evaluation"):
-            build_report_tab(tmp_path / "nowhere")
+    with gr.Blocks() as empty, gr.Tab("Evaluation"):
+        build_report_tab(tmp_path / "nowhere")
     assert load_results(tmp_path / "nowhere") is None
     assert any("No evaluation report yet" in str(getattr(block, "value", "")) for block in empty.blocks.values())
 
     out, _ = _run(full_runtime, tmp_path, "--variants", "ecommerce-lora,ecommerce-prompt", limit=1)
-    with gr.Blocks() as filled:
-        with gr.Tab("Evaluation"):
-            build_report_tab(out)
+    with gr.Blocks() as filled, gr.Tab("Evaluation"):
+        build_report_tab(out)
     kinds = [type(block).__name__ for block in filled.blocks.values()]
     assert "Dataframe" in kinds and kinds.count("Image") == 2  # e-commerce bars + scatter
+    texts = " ".join(str(getattr(block, "value", "")) for block in filled.blocks.values())
+    assert str(out) not in texts and "report.md" in texts  # never the serving machine's absolute path
+
+
+def test_report_path_is_shown_relative_to_the_repository(tmp_path: Path) -> None:
+    assert shown_path(DEFAULT_REPORT_DIR / "report.md") == "training/reports/report.md"
+    assert shown_path(tmp_path / "elsewhere" / "report.md") == "report.md"

@@ -365,7 +365,10 @@ def test_side_by_side_streams_all_four_panes_together_on_the_llama_backend(llama
         frames = [copy.deepcopy(frame) for frame in compare("Do you ship to Canada?", "all", 24, 0.0, 0.95, 1.1, 0, [], [], [], [])]
     finally:
         set_runtime(previous)
-    panes_of = lambda frame: dict(zip(PANES, frame[1 : 1 + len(PANES)], strict=True))
+
+    def panes_of(frame: tuple) -> dict:
+        return dict(zip(PANES, frame[1 : 1 + len(PANES)], strict=True))
+
     final, stats = panes_of(frames[-1]), frames[-1][1 + len(PANES) :]
     assert all(len(history) == 2 and history[1]["content"] for history in final.values())
     assert all("first token" in str(line) for line in stats)

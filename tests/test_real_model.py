@@ -28,8 +28,11 @@ def test_embedded_base_loads_from_the_cache(runtime: Runtime) -> None:
     base = runtime.backbone.base
     assert "SmolLM2-135M" in base.name
     assert len(base.fingerprint) == 64
+    # The runtime may be llama.cpp, which never builds the transformers cache: the first load
+    # here builds it if this is a fresh cache folder, and the next one must read it.
+    first = load_base(BaseModelSpec.from_env())
     again = load_base(BaseModelSpec.from_env())
-    assert again.from_cache and again.fingerprint == base.fingerprint
+    assert again.from_cache and again.fingerprint == first.fingerprint == base.fingerprint
 
 
 @pytest.mark.parametrize("variant", ["ecommerce-lora", "ecommerce-prompt", "medical-lora", "medical-prompt"])
@@ -62,3 +65,24 @@ def test_conversion_into_a_fresh_cache_gives_the_gguf_model(runtime: Runtime, tm
     ids = torch.tensor([converted.tokenizer.encode("Northwind Goods ships to the United States and Canada.")])
     with torch.no_grad():
         assert torch.allclose(converted.model(input_ids=ids).logits, direct(input_ids=ids).logits, atol=1e-5)
+
+
+def test_shipped_adapters_load_with_plain_peft_and_change_the_output() -> None:
+    # As a user of the Hub would load them: no hand edits, the base named by its hub id.
+    from peft import PeftModel
+
+    from bots.registry import PACKAGED_ADAPTERS
+
+    base = load_base(BaseModelSpec.from_env())
+    ids = torch.tensor([base.tokenizer.encode("Can I return a jacket after three weeks?")])
+    with torch.no_grad():
+        plain = base.model(input_ids=ids).logits
+    model = PeftModel.from_pretrained(base.model, str(PACKAGED_ADAPTERS / "ecommerce"), adapter_name="ecommerce")
+    model.load_adapter(str(PACKAGED_ADAPTERS / "medical"), adapter_name="medical")
+    for name in ("ecommerce", "medical"):
+        model.set_adapter(name)
+        assert model.peft_config[name].base_model_name_or_path == "HuggingFaceTB/SmolLM2-135M-Instruct"
+        with torch.no_grad():
+            assert not torch.allclose(model(input_ids=ids).logits, plain, atol=1e-3)
+    with torch.no_grad(), model.disable_adapter():
+        torch.testing.assert_close(model(input_ids=ids).logits, plain)

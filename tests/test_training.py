@@ -18,6 +18,7 @@ from training.adapter_meta import METADATA_FILE, AdapterMetadata, write_metadata
 from training.collate import IGNORE_INDEX, DialogCollator, length_grouped_order, tokenize_dialog
 from training.config import CONFIG_DIR, ConfigError, TrainConfig, load_config
 from training.loss import assistant_loss_sum, full_logits_loss_sum
+from training.hub_cards import read_front_matter
 from training.train import attach_lora, config_from_args, main, make_parser, make_trainer, tokenize_split
 
 TWO_TURNS = [
@@ -170,6 +171,7 @@ def test_three_steps_move_lora_weights_and_leave_base_weights_bit_identical(tiny
 
 def test_end_to_end_main_writes_every_output_file(tiny_base: LoadedBase, data_dir: Path, tmp_path: Path) -> None:
     config = _tiny_config(data_dir, tmp_path)
+    tiny_base.hub_id = "example-org/tiny-llama"  # loaded from a temporary folder: the folder must not be named
     output = main(_cli(config), base=tiny_base)
 
     assert output == tmp_path / "adapter"
@@ -183,6 +185,9 @@ def test_end_to_end_main_writes_every_output_file(tiny_base: LoadedBase, data_di
     assert log["test_loss_adapter"] < log["test_loss_base"]
     card = (output / "README.md").read_text()
     assert tiny_base.fingerprint in card and metadata["data_sha256"] in card and "real (non-padding)" in card
+    assert json.loads((output / "adapter_config.json").read_text())["base_model_name_or_path"] == "example-org/tiny-llama"
+    hub = read_front_matter(card)
+    assert hub["library_name"] == "peft" and hub["base_model"] == "example-org/tiny-llama" and "lora" in hub["tags"]
     assert (output / "loss_curve.png").read_bytes().startswith(b"\x89PNG")
     assert list((tmp_path / "work").glob("run-*/checkpoint-*")), "checkpoints belong in the work dir"
 

@@ -21,8 +21,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _vote(n: int = 0, **changes: object) -> Vote:
-    fields = dict(domain="ecommerce", message=f"question {n}", variant_a="ecommerce-lora", variant_b="ecommerce-prompt",
-                  reply_a=f"reply a {n}", reply_b=f"reply b {n}", outcome="a", settings={"max_new_tokens": 16, "temperature": 0.0}, round_seed=n)
+    fields: dict[str, object] = {"domain": "ecommerce", "message": f"question {n}", "variant_a": "ecommerce-lora", "variant_b": "ecommerce-prompt",
+                               "reply_a": f"reply a {n}", "reply_b": f"reply b {n}", "outcome": "a", "settings": {"max_new_tokens": 16, "temperature": 0.0}, "round_seed": n}
     fields.update(changes)
     return Vote(**fields)  # type: ignore[arg-type]
 
@@ -63,7 +63,7 @@ def test_round_trip_keeps_every_field(store: VoteStore) -> None:
     assert ids == sorted(ids)
     read = store.votes()
     assert [vote.id for vote in read] == ids
-    for before, after in zip(written, read):
+    for before, after in zip(written, read, strict=True):
         assert after == Vote(**{**before.record(), "id": after.id})
         assert after.created_at.endswith("Z")
     assert [v.round_seed for v in store.votes("medical")] == [2]

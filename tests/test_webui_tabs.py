@@ -170,3 +170,16 @@ def _settings():
     from bots.generation import GenerationSettings
 
     return GenerationSettings(*SETTINGS)
+
+
+# --- The API page ---------------------------------------------------------------------------------
+
+PUBLIC_ENDPOINTS = {
+    "/chat", "/compare", "/compare_clear", "/arena_send", "/arena_vote_a", "/arena_vote_b", "/arena_vote_tie",
+    "/arena_vote_both_bad", "/leaderboard", "/lab_apply", "/lab_reset", "/lab_chat",
+}
+
+
+def test_api_page_lists_only_the_endpoints_a_client_should_call(client: Client) -> None:
+    named = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert named == PUBLIC_ENDPOINTS  # no /lambda... or /show_variant helper of the page

@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 METADATA_FILE = "tune_or_prompt.json"
@@ -30,8 +30,8 @@ class AdapterMetadata:
     created: str
 
     @classmethod
-    def now(cls, domain: str, base_name: str, base_fingerprint: str, data_sha256: str) -> "AdapterMetadata":
-        created = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    def now(cls, domain: str, base_name: str, base_fingerprint: str, data_sha256: str) -> AdapterMetadata:
+        created = datetime.now(UTC).replace(microsecond=0).isoformat()
         return cls(domain, base_name, base_fingerprint, data_sha256, created)
 
 

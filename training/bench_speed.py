@@ -16,19 +16,20 @@ The first step of each is a warm-up and is not timed. Prints both figures and th
 
 from __future__ import annotations
 
-import training.cpu_env  # noqa: F401, I001  (first: sets OMP_WAIT_POLICY before torch loads)
 import argparse
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import TrainerCallback
 
+import training.cpu_env  # noqa: F401, I001  (first: sets OMP_WAIT_POLICY before torch loads)
 from bots.base_model import BaseModelSpec, load_base
+from bots.cli_args import CommandParser
 from training.collate import IGNORE_INDEX, tokenize_dialog
 from training.config import TrainConfig, default_config_path, load_config
 from training.train import attach_lora, make_trainer, read_splits, tokenize_split
@@ -118,7 +119,7 @@ def bench_ours(domain: str, steps: int, work_dir: Path, seed: int = 0) -> Speed:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.bench_speed", description=__doc__.split("\n\n")[0])
+    parser = CommandParser(prog="python -m training.bench_speed", description=__doc__.split("\n\n")[0])
     parser.add_argument("--domain", default="ecommerce", help="whose training dialogs to use")
     parser.add_argument("--steps", type=int, default=4, help="timed naive steps (8 x 256 tokens each)")
     parser.add_argument("--our-steps", type=int, default=12, help="timed steps of our Trainer path (8 dialogs each)")

@@ -64,7 +64,7 @@ def tokenize_dialog(messages: Sequence[dict[str, str]], tokenizer: PreTrainedTok
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     input_ids = list(encoding["input_ids"])
     labels = []
-    for token_id, (start, end) in zip(input_ids, encoding["offset_mapping"]):
+    for token_id, (start, end) in zip(input_ids, encoding["offset_mapping"], strict=True):
         inside = any(span_start <= start and end <= span_end for span_start, span_end in spans)
         labels.append(token_id if inside else IGNORE_INDEX)
     if max_length is not None:

@@ -120,10 +120,10 @@ def field_docs() -> dict[str, str]:
     tree = ast.parse(inspect.getsource(TrainConfig))
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs = {}
-    for node, following in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
-                docs[node.target.id] = " ".join(str(following.value.value).split())
+    for node, following in zip(body, body[1:], strict=False):
+        is_field = isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+        if is_field and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(following.value.value).split())
     return docs
 
 
@@ -242,7 +242,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("training configuration (override the yaml)")
     for name, annotation in field_types().items():
         flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-        group.add_argument(*flags, dest=name, default=argparse.SUPPRESS, metavar=_describe(annotation).upper(), help=docs.get(name, ""))
+        group.add_argument(*flags, dest=name, default=argparse.SUPPRESS, metavar=_describe(annotation).upper(), help=docs.get(name, "").replace("%", "%%"))
 
 
 def overrides_from_args(namespace: argparse.Namespace) -> dict[str, Any]:

@@ -37,9 +37,9 @@ def plot_domain(results: Results, domain: str, path: Path) -> Path:
     specs = metrics_for(domain)
     rows = math.ceil(len(specs) / COLUMNS)
     figure, axes = plt.subplots(rows, COLUMNS, figsize=(3.0 * COLUMNS, 2.6 * rows), dpi=100, squeeze=False)
-    for axis, spec in zip(axes.flat, specs):
+    for axis, spec in zip(axes.flat, specs, strict=False):
         values = [results["variants"][name].get(spec.key) for name in names]
-        for index, (name, value) in enumerate(zip(names, values)):
+        for index, (name, value) in enumerate(zip(names, values, strict=True)):
             height = 0.0 if value is None else value * (100 if spec.kind == "rate" else 1)
             axis.bar(index, height, **_style(results, name))
             axis.text(index, height, format_value(spec, value), ha="center", va="bottom", fontsize=7)

@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from bots.base_model import BaseModelSpec, file_sha256
 from bots.bot import Bot
+from bots.cli_args import CommandParser
 from bots.conversation import clean_conversation
 from bots.generation import GenerationSettings
 from bots.registry import VARIANTS, Runtime, get_runtime
@@ -287,7 +288,7 @@ def build_meta(runtime: Runtime, config: EvalConfig, plan: Plan, cases: dict[str
         "base_model": {"name": base.name, "fingerprint": base.fingerprint},
         "adapters": adapters,
         "data": data,
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {
             "platform": platform.platform(),
             "python": platform.python_version(),
@@ -375,7 +376,7 @@ def write_outputs(results: dict[str, Any], records: Sequence[ReplyRecord], out_d
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description="Evaluate the Tune or Prompt variants and write a report.")
+    parser = CommandParser(prog="python -m training.evaluate", description="Evaluate the Tune or Prompt variants and write a report.")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated variant names (default: all: {', '.join(VARIANTS)})")
     parser.add_argument("--limit", type=int, default=None, help="cases kept per source (test split, each probe file), evenly spread; default: all")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: training/reports/)")

@@ -18,6 +18,7 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 
 from training.config import field_docs  # noqa: E402
+from training.hub_cards import adapter_metadata, with_front_matter  # noqa: E402
 
 LOG_FILE = "training_log.json"
 CURVE_FILE = "loss_curve.png"
@@ -152,7 +153,8 @@ model = PeftModel.from_pretrained(base_model, "bots/adapters/{report.domain}")
 """
 
 
-def write_report(folder: Path, report: TrainingReport) -> list[Path]:
+def write_report(folder: Path, report: TrainingReport, base_model: str) -> list[Path]:
+    """``base_model``: the base's hub id, for the card's Hub metadata."""
     card = folder / CARD_FILE
-    card.write_text(model_card(report))
+    card.write_text(with_front_matter(model_card(report), adapter_metadata(report.domain, base_model)))
     return [write_log(folder, report), plot_loss_curve(folder, report), card]

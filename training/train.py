@@ -17,22 +17,23 @@ a foreign-base ``--init-adapter`` ends with exit code 2 and a one-line message.
 
 from __future__ import annotations
 
-import training.cpu_env  # noqa: F401, I001  (first: sets OMP_WAIT_POLICY before torch loads)
 import argparse
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from datasets import Dataset
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedTokenizerBase, TrainingArguments, set_seed
 
+import training.cpu_env  # noqa: F401, I001  (first: sets OMP_WAIT_POLICY before torch loads)
 from bots.base_model import BaseModelSpec, LoadedBase, load_base
+from bots.cli_args import CommandParser
 from training.adapter_meta import AdapterMetadata, AdapterMismatchError, check_same_base, files_sha256, write_metadata
 from training.collate import DialogCollator, tokenize_dialog
 from training.config import ConfigError, TrainConfig, add_config_arguments, default_config_path, load_config, overrides_from_args
@@ -60,7 +61,7 @@ def read_splits(config: TrainConfig) -> DialogSplits:
     for path in files:
         if not path.is_file():
             raise DialogFileError(f"{path}: file missing (expected {', '.join(p.name for p in files)} in {folder})")
-    dialogs = {split: read_jsonl_dialogs(path) for split, path in zip(SPLITS, files)}
+    dialogs = {split: read_jsonl_dialogs(path) for split, path in zip(SPLITS, files, strict=True)}
     for split, rows in dialogs.items():
         if not rows:
             raise DialogFileError(f"{folder / (split + '.jsonl')}: no dialogs")
@@ -185,7 +186,11 @@ def train(config: TrainConfig, base: LoadedBase | None = None) -> Path:
         return output
     output.mkdir(parents=True, exist_ok=True)
     _clear_output(output)
-    model.save_pretrained(str(output))
+    # Name the base by hub id, not by the cache folder it was loaded from: the folder then
+    # loads anywhere (PeftModel.from_pretrained, vLLM --lora-modules) with no hand edits.
+    # Embeddings are never trained: saying so also stops peft from looking the base up on the hub.
+    model.peft_config["default"].base_model_name_or_path = base.hub_id or base.name
+    model.save_pretrained(str(output), save_embedding_layers=False)
     metadata = AdapterMetadata.now(config.domain, base.name, base.fingerprint, data.sha256)
     write_metadata(output, metadata)
 
@@ -216,13 +221,13 @@ def train(config: TrainConfig, base: LoadedBase | None = None) -> Path:
         created=metadata.created,
         log_history=trainer.state.log_history,
     )
-    write_report(output, report)
+    write_report(output, report, base.hub_id or base.name)
     log.info("test loss: base %.4f -> adapter %.4f; adapter written to %s", base_test.loss, adapter_test.loss, output)
     return output
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
+    parser = CommandParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, help="yaml file of TrainConfig fields (default: training/configs/<domain>.yaml)")
     add_config_arguments(parser)
     return parser

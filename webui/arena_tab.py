@@ -91,7 +91,7 @@ def arena_send(message: str, domain: str, *settings_and_round: object) -> Iterat
     chats = [turn.history for turn in turns]
     # No round until both replies are complete: a vote before that is refused.
     yield chats[0], chats[1], "", "Model A is answering…", "", None
-    for index, (side, turn) in enumerate(zip(SIDES, turns)):
+    for index, (side, turn) in enumerate(zip(SIDES, turns, strict=True)):
         for history in turn.updates():
             chats[index] = history
             yield chats[0], chats[1], "", f"Model {side} is answering…", "", None

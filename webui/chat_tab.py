@@ -57,15 +57,17 @@ def build_chat_tab(demo: gr.Blocks) -> None:
     outputs = [chatbot, message, status]
     submit_event = message.submit(respond, inputs, outputs, **generation_events(), api_name="chat")
     click_event = send.click(respond, inputs, outputs, **generation_events(), api_visibility="private")
-    stop.click(None, None, None, cancels=[submit_event, click_event])
-    clear.click(lambda: ([], "", ""), None, [chatbot, message, status], queue=False)
-    examples.click(lambda sample: sample[0], examples, message, queue=False)
+    # Only /chat is for API clients; the page's own helper events stay off the API page.
+    internal = {"api_visibility": "private"}
+    stop.click(None, None, None, cancels=[submit_event, click_event], **internal)
+    clear.click(lambda: ([], "", ""), None, [chatbot, message, status], queue=False, **internal)
+    examples.click(lambda sample: sample[0], examples, message, queue=False, **internal)
 
     def show_variant(domain_value: str, method_value: str) -> tuple[str, str]:
         name = variant_for(domain_value, method_value).name
         return variant_status(name), describe_variant(domain_value, method_value)
 
-    domain.change(lambda d: gr.Dataset(samples=example_samples(d)), domain, examples, queue=False)
+    domain.change(lambda d: gr.Dataset(samples=example_samples(d)), domain, examples, queue=False, **internal)
     for control in (domain, method):
-        control.change(lambda d, m: ([], *show_variant(d, m)), [domain, method], [chatbot, status, description])
-    demo.load(show_variant, [domain, method], [status, description])
+        control.change(lambda d, m: ([], *show_variant(d, m)), [domain, method], [chatbot, status, description], **internal)
+    demo.load(show_variant, [domain, method], [status, description], **internal)

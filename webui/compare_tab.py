@@ -57,7 +57,7 @@ def _waiting(text: str, message: str, scope: str, *_: object) -> tuple[object, .
 def compare(message: str, scope: str, *settings_and_histories: object) -> Iterator[tuple[object, ...]]:
     """Stream each variant's reply into its pane. Yields (textbox, *pane histories, *pane stats)."""
     settings_values, histories = settings_and_histories[:SETTINGS_COUNT], settings_and_histories[SETTINGS_COUNT:]
-    panes: dict[str, ChatHistory] = {name: list(history or []) for name, history in zip(PANES, histories)}
+    panes: dict[str, ChatHistory] = {name: list(history or []) for name, history in zip(PANES, histories, strict=True)}
     stats: dict[str, object] = {name: gr.skip() for name in PANES}  # panes outside the scope keep theirs
 
     def frame(textbox: str) -> tuple[object, ...]:
@@ -69,7 +69,7 @@ def compare(message: str, scope: str, *settings_and_histories: object) -> Iterat
         settings = settings_from(*settings_values)
     except TURN_ERRORS as exc:
         gr.Warning(str(exc))
-        stats.update({name: f"⚠️ {exc}" for name in names})
+        stats.update(dict.fromkeys(names, f"⚠️ {exc}"))
         yield frame(message)
         return
     turns: list[PaneTurn] = []

@@ -154,10 +154,12 @@ def standings_table(rows: Sequence[Standing], confidence: float = LeaderboardCon
     return table
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    from bots.cli_args import CommandParser
     from bots.registry import DOMAINS, VARIANTS
     from webui.votes import default_store
 
+    CommandParser(prog="python -m webui.leaderboard", description="Print the arena leaderboard of each domain from the votes file (TOP_VOTES_DB).").parse_args(argv)
     store = default_store()
     for domain in DOMAINS:
         print(f"## {domain}")

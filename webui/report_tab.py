@@ -16,7 +16,8 @@ import gradio as gr
 
 from training.eval_report import DOMAIN_ORDER, definitions, domain_table, domain_title, entries_of, reading
 
-DEFAULT_REPORT_DIR = Path(__file__).resolve().parent.parent / "training" / "reports"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_REPORT_DIR = REPO_ROOT / "training" / "reports"
 NO_REPORT = (
     "### No evaluation report yet\n"
     "Run `python -m training.evaluate --limit 10` (a few minutes per variant on a CPU); it writes "
@@ -29,6 +30,12 @@ HOW_TO_READ = (
     "perplexity compare with the test split's reference answers; the cost rows are measured on this "
     "machine's CPU, where a longer prompt (the prompt template's fact sheet and few-shot) costs time to first token."
 )
+
+
+def shown_path(path: Path) -> str:
+    """``path`` as a reader finds it in the repository (never the serving machine's absolute path)."""
+    resolved = path.resolve()
+    return resolved.relative_to(REPO_ROOT).as_posix() if resolved.is_relative_to(REPO_ROOT) else path.name
 
 
 def load_results(report_dir: Path) -> dict[str, Any] | None:
@@ -80,4 +87,4 @@ def build_report_tab(report_dir: Path | None = None) -> None:
         gr.Markdown(definitions())
     report = report_dir / "report.md"
     if report.is_file():
-        gr.Markdown(f"The full report with provenance (base, adapter and data hashes) is `{report}`.")
+        gr.Markdown(f"The full report with provenance (base, adapter and data hashes) is `{shown_path(report)}`.")

@@ -11,7 +11,6 @@ numbers (13 to 19 digits) and CVVs are masked before anything is stored (bots.sa
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -19,11 +18,12 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+from bots.cli_args import CommandParser
 from bots.safety import mask_card_numbers
 
 ENV_VOTES_DB = "TOP_VOTES_DB"
@@ -58,7 +58,7 @@ class VoteStoreError(RuntimeError):
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class Vote:
     """UTC, ISO 8601 with a 'Z'."""
     id: int | None = None
 
-    def masked(self) -> "Vote":
+    def masked(self) -> Vote:
         return replace(self, message=mask_card_numbers(self.message), reply_a=mask_card_numbers(self.reply_a), reply_b=mask_card_numbers(self.reply_b))
 
     def record(self) -> dict[str, Any]:
@@ -99,7 +99,7 @@ class VoteStoreConfig:
     busy_timeout_ms: int = 5000
 
     @classmethod
-    def from_env(cls) -> "VoteStoreConfig":
+    def from_env(cls) -> VoteStoreConfig:
         return cls(default_db_path())
 
 
@@ -241,7 +241,7 @@ def default_store() -> VoteStore:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Inspect or export the arena votes.")
+    parser = CommandParser(prog="python -m webui.votes", description="Inspect or export the arena votes.")
     parser.add_argument("--csv", type=Path, help="write every vote to this CSV file")
     parser.add_argument("--jsonl", type=Path, help="write every vote to this JSONL file")
     args = parser.parse_args(argv)

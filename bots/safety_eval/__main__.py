@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from bots.cli_args import CommandParser
 from bots.safety_eval import LABELLED_SET, EvalResult, evaluate, load_labelled
 
 
@@ -29,7 +29,7 @@ def report(result: EvalResult) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bots.safety_eval", description=__doc__)
+    parser = CommandParser(prog="python -m bots.safety_eval", description=__doc__)
     parser.add_argument("--file", type=Path, default=LABELLED_SET, help="JSONL of {text, label, red_flag?}")
     args = parser.parse_args(argv)
     print(report(evaluate(load_labelled(args.file))))

@@ -48,7 +48,7 @@ def missing_requirement() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def browser() -> Iterator["Browser"]:
+def browser() -> Iterator[Browser]:
     reason = missing_requirement()
     if reason:
         if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
@@ -66,7 +66,7 @@ def browser() -> Iterator["Browser"]:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, browser: "Browser") -> Iterator[ServedUI]:
+def served(tmp_path_factory: pytest.TempPathFactory, browser: Browser) -> Iterator[ServedUI]:
     with serve_tiny_ui(tmp_path_factory.mktemp("browser-ui")) as server:
         yield server
 
@@ -87,7 +87,7 @@ def _test_slug(node: pytest.Item) -> str:
 
 
 @pytest.fixture()
-def page(browser: "Browser", served: ServedUI, request: pytest.FixtureRequest) -> Iterator["Page"]:
+def page(browser: Browser, served: ServedUI, request: pytest.FixtureRequest) -> Iterator[Page]:
     config = BrowserConfig()
     context = browser.new_context(viewport=config.viewport, accept_downloads=True)
     context.set_default_timeout(config.timeout_ms)
@@ -104,7 +104,7 @@ def page(browser: "Browser", served: ServedUI, request: pytest.FixtureRequest) -
 
 
 @pytest.fixture()
-def screenshot(page: "Page", request: pytest.FixtureRequest) -> Any:
+def screenshot(page: Page, request: pytest.FixtureRequest) -> Any:
     """screenshot("step") saves artifacts/screenshots/<test>-<step>.png (the whole page)."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     test = _test_slug(request.node)

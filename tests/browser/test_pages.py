@@ -8,18 +8,17 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-
 from tests.ui_server import ServedUI
 
 if TYPE_CHECKING:
     from playwright.sync_api import Locator, Page
 
 
-def open_tab(page: "Page", name: str) -> None:
+def open_tab(page: Page, name: str) -> None:
     page.get_by_role("tab", name=name, exact=True).click()
 
 
-def set_max_new_tokens(page: "Page", tab: str, value: int = 16) -> None:
+def set_max_new_tokens(page: Page, tab: str, value: int = 16) -> None:
     """The tiny model's byte-level tokenizer makes the prompt template long: keep replies short to fit its context."""
     settings = page.locator(f"#{tab}-settings")
     settings.get_by_text("Generation settings").click()
@@ -40,7 +39,7 @@ def set_max_new_tokens(page: "Page", tab: str, value: int = 16) -> None:
     page.wait_for_function(check)
 
 
-def watch_growth(text: "Locator", done: "Locator", timeout_s: float = 60.0) -> list[int]:
+def watch_growth(text: Locator, done: Locator, timeout_s: float = 60.0) -> list[int]:
     """The lengths ``text`` goes through until ``done`` appears (polled every 20 ms)."""
     seen: list[int] = []
     deadline = time.monotonic() + timeout_s
@@ -55,7 +54,7 @@ def watch_growth(text: "Locator", done: "Locator", timeout_s: float = 60.0) -> l
     raise AssertionError(f"not done after {timeout_s} s; lengths seen: {seen}")
 
 
-def test_chat_switches_variants_and_streams_a_reply(page: "Page", screenshot) -> None:
+def test_chat_switches_variants_and_streams_a_reply(page: Page, screenshot) -> None:
     page.get_by_label("LoRA adapter (fine-tuned)").check()
     page.get_by_text("ecommerce-lora is available").wait_for()
     box = page.get_by_placeholder("Ask something…")
@@ -73,7 +72,7 @@ def test_chat_switches_variants_and_streams_a_reply(page: "Page", screenshot) ->
     screenshot("medical-lora-unavailable")
 
 
-def test_side_by_side_streams_both_panes_with_timings(page: "Page", screenshot) -> None:
+def test_side_by_side_streams_both_panes_with_timings(page: Page, screenshot) -> None:
     open_tab(page, "Side by side")
     set_max_new_tokens(page, "compare")
     page.locator("#compare-message textarea").fill("hello")
@@ -102,7 +101,7 @@ def test_side_by_side_streams_both_panes_with_timings(page: "Page", screenshot) 
     page.wait_for_function("() => document.querySelectorAll('#compare-chat-ecommerce-lora [data-testid=\"user\"]').length === 0")
 
 
-def test_arena_vote_reveals_names_and_moves_the_leaderboard(page: "Page", served: ServedUI, screenshot) -> None:
+def test_arena_vote_reveals_names_and_moves_the_leaderboard(page: Page, served: ServedUI, screenshot) -> None:
     open_tab(page, "Arena")
     set_max_new_tokens(page, "arena")
     board = page.locator("#leaderboard-ecommerce")
@@ -130,7 +129,7 @@ def test_arena_vote_reveals_names_and_moves_the_leaderboard(page: "Page", served
     assert "Do you ship to Canada?" in download.value.path().read_text(encoding="utf-8")
 
 
-def test_prompt_lab_edit_shows_a_diff_and_reset_restores_the_template(page: "Page", screenshot) -> None:
+def test_prompt_lab_edit_shows_a_diff_and_reset_restores_the_template(page: Page, screenshot) -> None:
     open_tab(page, "Prompt lab")
     system_prompt = page.locator("#lab-system-prompt textarea")
     system_prompt.wait_for()
@@ -151,7 +150,7 @@ def test_prompt_lab_edit_shows_a_diff_and_reset_restores_the_template(page: "Pag
     screenshot("reset")
 
 
-def test_report_tab_opens(page: "Page", screenshot) -> None:
+def test_report_tab_opens(page: Page, screenshot) -> None:
     open_tab(page, "Report")
     panel = page.get_by_role("tabpanel")
     panel.wait_for()
@@ -159,7 +158,7 @@ def test_report_tab_opens(page: "Page", screenshot) -> None:
     screenshot("report")
 
 
-def test_html_and_script_in_messages_show_as_text_and_never_run(page: "Page", screenshot) -> None:
+def test_html_and_script_in_messages_show_as_text_and_never_run(page: Page, screenshot) -> None:
     page.get_by_label("LoRA adapter (fine-tuned)").check()
     page.get_by_text("ecommerce-lora is available").wait_for()
     hostile = '<b>bold</b> <img src=x onerror="window.__pwned=1"> <script>window.__pwned=2</script> **stars**'

@@ -10,11 +10,11 @@ test dialog is a near-duplicate of a training one, or a dialog does not validate
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from types import ModuleType
 
+from bots.cli_args import CommandParser
 from training.datagen import ecommerce, medical
 from training.datagen.card import dataset_card
 from training.datagen.common import SPLITS, find_near_duplicates, write_jsonl
@@ -27,7 +27,7 @@ MODULES: dict[str, ModuleType] = {"ecommerce": ecommerce, "medical": medical}
 def build_domain(module: ModuleType, out_dir: Path) -> dict[str, list[dict]]:
     """Generate, check and write one domain's three splits and its README."""
     records = generate_domain(module.CONFIG)
-    for split, rows in records.items():
+    for rows in records.values():
         for row in rows:
             problems = validate_dialog(row)
             if problems:
@@ -44,7 +44,7 @@ def build_domain(module: ModuleType, out_dir: Path) -> dict[str, list[dict]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.datagen", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="python -m training.datagen", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DATA_DIR, help="output folder (default: training/data)")
     parser.add_argument("--domain", choices=sorted(MODULES), action="append", help="only this domain (repeatable)")
     args = parser.parse_args(argv)

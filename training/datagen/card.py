@@ -10,6 +10,7 @@ from collections.abc import Callable
 from types import ModuleType
 
 from training.datagen.common import SPLITS, NearDupIndex, approx_tokens, user_text
+from training.hub_cards import dataset_metadata, with_front_matter
 
 
 def _share(rows: list[dict], test: Callable[[dict], bool]) -> str:
@@ -131,4 +132,5 @@ def dataset_card(module: ModuleType, records: dict[str, list[dict]]) -> str:
         *[f"* {limit}" for limit in module.LIMITS],
         "",
     ]
-    return "\n".join(lines)
+    total = sum(len(records[split]) for split in SPLITS)
+    return with_front_matter("\n".join(lines), dataset_metadata(domain, total, module.TITLE))

@@ -312,7 +312,7 @@ class SplitBuilder:
         if not lower and q1[-1] not in ".?!":  # "...not heavy Lastly, ..." reads as one run-on
             q1 += "?" if QUESTION_START.match(q1) else "."
         clean = self.decorate(q1 + connector + (lower_first(q2) if lower else q2), first)
-        parts = [self.answer(i, item, fills, None, short=True) for i, item in zip((first, second), items)]
+        parts = [self.answer(i, item, fills, None, short=True) for i, item in zip((first, second), items, strict=True)]
         reply = self.with_disclaimer(" ".join(parts), first.disclaimer or second.disclaimer, fills)
         if word_count(reply) > MAX_ASSISTANT_WORDS:  # two long answers: ask one question instead
             return self.single(topic)
@@ -328,7 +328,7 @@ class SplitBuilder:
         if greeting and not flag and topic != "greeting" and self.rng.random() < self.config.greeting_rate:
             turns.append(self.turn(greeting, fills, None, first=True))
         turns.append(self.turn(first, fills, flag, first=not turns))
-        pending = [f for f in first.followups]
+        pending = list(first.followups)
         used = {first.name}
         wanted = self.rng.choices([1, 2, 3], weights=[0.55, 0.33, 0.12])[0]
         for step in range(wanted):
