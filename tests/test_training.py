@@ -17,8 +17,8 @@ from tests.tiny_model import make_tiny_base
 from training.adapter_meta import METADATA_FILE, AdapterMetadata, write_metadata
 from training.collate import IGNORE_INDEX, DialogCollator, length_grouped_order, tokenize_dialog
 from training.config import CONFIG_DIR, ConfigError, TrainConfig, load_config
-from training.loss import assistant_loss_sum, full_logits_loss_sum
 from training.hub_cards import read_front_matter
+from training.loss import assistant_loss_sum, full_logits_loss_sum
 from training.train import attach_lora, config_from_args, main, make_parser, make_trainer, tokenize_split
 
 TWO_TURNS = [
