@@ -60,14 +60,14 @@ def build_chat_tab(demo: gr.Blocks) -> None:
     # Only /chat is for API clients; the page's own helper events stay off the API page.
     internal = {"api_visibility": "private"}
     stop.click(None, None, None, cancels=[submit_event, click_event], **internal)
-    clear.click(lambda: ([], "", ""), None, [chatbot, message, status], queue=False, **internal)
-    examples.click(lambda sample: sample[0], examples, message, queue=False, **internal)
+    clear.click(lambda: ([], "", ""), None, [chatbot, message, status], queue=False, api_name="chat_clear", **internal)
+    examples.click(lambda sample: sample[0], examples, message, queue=False, api_name="chat_example", **internal)
 
     def show_variant(domain_value: str, method_value: str) -> tuple[str, str]:
         name = variant_for(domain_value, method_value).name
         return variant_status(name), describe_variant(domain_value, method_value)
 
-    domain.change(lambda d: gr.Dataset(samples=example_samples(d)), domain, examples, queue=False, **internal)
+    domain.change(lambda d: gr.Dataset(samples=example_samples(d)), domain, examples, queue=False, api_name="chat_examples_of_domain", **internal)
     for control in (domain, method):
-        control.change(lambda d, m: ([], *show_variant(d, m)), [domain, method], [chatbot, status, description], **internal)
-    demo.load(show_variant, [domain, method], [status, description], **internal)
+        control.change(lambda d, m: ([], *show_variant(d, m)), [domain, method], [chatbot, status, description], api_name=f"chat_{control.label.lower()}_change", **internal)
+    demo.load(show_variant, [domain, method], [status, description], api_name="chat_show_variant", **internal)
