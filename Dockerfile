@@ -36,7 +36,7 @@ ENV HOME=/home/user \
 
 # Build the caches at image build time, so starts are fast: the safetensors copy of the
 # GGUF (transformers backend), and for llama.cpp the GGUF LoRA adapters, the file hash and
-# the prompt variants' prefix KV caches.
+# the prompt variants' prefix KV caches, and the emergency detector's truncated GGUF.
 RUN python -m bots.base_model \
  && python -c "from bots.registry import get_runtime; get_runtime(warm_prompts=True).backbone.wait_idle()"
 

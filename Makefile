@@ -16,6 +16,7 @@ TORCH_INDEX ?=
 TORCH_SOURCE := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 PORT ?= 7860
 PYTEST_ARGS ?=
+ARGS ?=
 FAST ?= 1
 # Portable x86-64 (AVX2) build of the llama.cpp library only; no llamafile GEMM, so a
 # reply does not depend on how requests were batched. Native builds may use AMX, which
@@ -48,7 +49,7 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 run: install
-	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(BIN)/python ui.py --port $(PORT)
+	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(BIN)/python ui.py --port $(PORT) $(ARGS)
 
 test: install-test
 	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(BIN)/python -m pytest $(PYTEST_ARGS)

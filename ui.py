@@ -3,7 +3,8 @@
     python ui.py                       # serves on 0.0.0.0:7860
     python ui.py --port 8080 --host 127.0.0.1 --base-model embedded
 
-The page is built from the variant registry, one module per tab in webui/. The model is
+The page is built from the variant registry, one module per tab in webui/. The same port
+serves the OpenAI-compatible API under /v1 (bots/api.py, mounted by webui/api_mount.py). The model is
 loaded once per process, before serving (``--no-preload``: on the first request).
 ``demo`` is module-level so that ``gradio ui.py`` and Hugging Face Spaces find it.
 """
@@ -19,6 +20,7 @@ from bots.base_source import BaseModelSpec
 from bots.cli_args import CommandParser
 from bots.registry import get_runtime
 from webui.admission import current_gate
+from webui.api_mount import ApiBlocks
 from webui.arena_tab import build_arena_tab
 from webui.chat_tab import build_chat_tab
 from webui.compare_tab import build_compare_tab
@@ -35,7 +37,7 @@ INTRO = (
 
 
 def build_demo() -> gr.Blocks:
-    with gr.Blocks(title="Tune or Prompt") as demo:
+    with ApiBlocks(title="Tune or Prompt") as demo:
         gr.Markdown(INTRO)
         with gr.Tab("Chat"):
             build_chat_tab(demo)

@@ -12,12 +12,14 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from peft import PeftModel
 
 from bots.backbone_base import (  # noqa: F401  re-exported: callers import them from here
     ADAPTER_META,
     DEFAULT_CONTEXT_TOKENS,
+    EMBED_MAX_TOKENS,
     AdapterError,
     BackboneBase,
     BaseInfo,
@@ -88,6 +90,20 @@ class Backbone(BackboneBase):
 
     def decode_text(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
+    def embed(self, text: str, blocks: int | None = None) -> np.ndarray:
+        ids = self.encode_text(text)[-EMBED_MAX_TOKENS:]
+        if not ids:
+            raise ValueError("nothing to embed: the text has no tokens")
+        with self.lock, self._adapter_active(None), torch.inference_mode():
+            states = self.model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+            # hidden_states[k] is the output of block k; the last one already went through the final norm.
+            hidden = states[-1] if blocks is None or blocks >= len(states) - 1 else self._final_norm(states[blocks])
+        return hidden[0].float().mean(dim=0).numpy()
+
+    def _final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        model = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+        return model.model.norm(hidden)
 
     # --- scoring --------------------------------------------------------------------------
 

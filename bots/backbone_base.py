@@ -17,10 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
+
 from bots.generation import GenerationSettings, GenerationStats
 
 ADAPTER_META = "tune_or_prompt.json"
 DEFAULT_CONTEXT_TOKENS = 2048
+EMBED_MAX_TOKENS = 256
+"""``embed`` reads at most the last this many tokens of a message."""
 
 Message = dict[str, str]
 
@@ -102,6 +106,13 @@ class BackboneBase(ABC):
     @abstractmethod
     def stream(self, prompt_ids: list[int], adapter: str | None, settings: GenerationSettings, stats: GenerationStats) -> Iterator[str]:
         """Yield text pieces of the reply; closing the iterator stops generation at once."""
+
+    def embed(self, text: str, blocks: int | None = None) -> np.ndarray:
+        """Mean over ``text``'s tokens of the base model's hidden state after ``blocks`` blocks
+        (None: all), through the final norm, adapters off: the learned emergency detector's
+        features (bots/detector.py). A backend without it raises NotImplementedError, and the
+        rules then act alone."""
+        raise NotImplementedError(f"the {self.backend or 'this'} backend computes no embeddings")
 
     def prefill(self, prompt_ids: list[int], adapter: str | None) -> None:
         """Compute and keep the cache for prompts that start with ``prompt_ids``, in the

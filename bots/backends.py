@@ -4,7 +4,8 @@
 installed and can run the configured base model: llama.cpp for the embedded GGUF when
 llama-cpp-python is installed, else transformers, which runs everything (and is the
 reference the fast path is checked against). Choose explicitly with ``--backend`` or the
-environment variable ``TOP_BACKEND``.
+environment variable ``TOP_BACKEND``. ``openai`` (bots/remote_backbone.py) is never chosen
+by ``auto``: it sends generation to the OpenAI-compatible engine at TOP_ENGINE_URL.
 
 Each backend's module is imported only when it is built, so the llama.cpp path never
 pays for importing torch.
@@ -32,6 +33,8 @@ class Backend:
     runs: Callable[[BaseModelSpec], bool]
     """Whether it can run this base model source."""
     build: Callable[[BaseModelSpec], BackboneBase]
+    chosen_by_auto: bool = True
+    """False for a backend that needs more than a base model (the remote engine's address)."""
 
 
 def _is_gguf_source(spec: BaseModelSpec) -> bool:
@@ -49,6 +52,16 @@ def _build_transformers(spec: BaseModelSpec) -> BackboneBase:
     from bots.base_model import load_base
 
     return Backbone(load_base(spec))
+
+
+def _build_openai(spec: BaseModelSpec) -> BackboneBase:
+    from bots.remote_backbone import build_remote_backbone
+    from bots.remote_config import RemoteConfigError
+
+    try:
+        return build_remote_backbone(spec)
+    except RemoteConfigError as exc:
+        raise BaseModelError(str(exc)) from exc
 
 
 def _module_installed(name: str) -> Callable[[], bool]:
@@ -72,6 +85,15 @@ BACKENDS: tuple[Backend, ...] = (
         lambda spec: True,
         _build_transformers,
     ),
+    Backend(
+        "openai",
+        "a remote OpenAI-compatible engine (vLLM, llama.cpp's server, TGI, python -m bots.api) at TOP_ENGINE_URL; prompts are rendered and counted here",
+        "pip install httpx (it comes with gradio)",
+        _module_installed("httpx"),
+        lambda spec: True,
+        _build_openai,
+        chosen_by_auto=False,
+    ),
 )
 BACKEND_NAMES: tuple[str, ...] = (AUTO, *(backend.name for backend in BACKENDS))
 
@@ -80,9 +102,9 @@ def choose_backend(spec: BaseModelSpec) -> Backend:
     """The backend ``spec.backend`` names, or with 'auto' the fastest that can serve ``spec``."""
     if spec.backend == AUTO:
         for backend in BACKENDS:
-            if backend.installed() and backend.runs(spec):
+            if backend.chosen_by_auto and backend.installed() and backend.runs(spec):
                 return backend
-        raise BaseModelError(f"no installed backend can run '{spec.source}'; install one: {BACKENDS[-1].install_hint}")
+        raise BaseModelError(f"no installed backend can run '{spec.source}'; install one: {[b for b in BACKENDS if b.chosen_by_auto][-1].install_hint}")
     by_name = {backend.name: backend for backend in BACKENDS}
     if spec.backend not in by_name:
         raise BaseModelError(f"unknown backend '{spec.backend}'; choose one of: {', '.join(BACKEND_NAMES)}")

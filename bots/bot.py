@@ -1,4 +1,4 @@
-"""The Bot interface and its two kinds: PromptedBot (template, adapters off) and LoraBot.
+"""The Bot interface and its kinds: PromptedBot (template, adapters off), LoraBot and BaseBot (the control).
 
 A bot turns a conversation into chat messages for the backbone, fits them into the
 context budget and streams the reply. ``bot.stream(...)`` returns a ReplyStream: iterate
@@ -15,8 +15,10 @@ from pathlib import Path
 from bots.backbone_base import BackboneBase
 from bots.conversation import clean_conversation
 from bots.generation import GenerationSettings, GenerationStats
+from bots.guard import RULES_ONLY, EmergencyGuard, GuardDecision
 from bots.safety import Screening, screen
 from prompts import FewShotExample, PromptSpec, render_lora, render_prompted
+from prompts.loader import render_base
 
 Message = dict[str, str]
 
@@ -32,7 +34,7 @@ class VariantSpec:
     name: str
     domain: str
     method: str
-    """'lora' or 'prompt'."""
+    """'lora', 'prompt' or 'base' (the control: the bare base model with a one-line system prompt)."""
     label: str
     emergency_guard: bool = False
     """Open the reply with the escalation when a message matches a red flag (bots/safety.py)."""
@@ -62,6 +64,8 @@ class ReplyStream:
     """Context trimming, if any, for the user to see."""
     guard_note: str = ""
     """What a safety guard did to this reply ('' when none acted)."""
+    triage: GuardDecision | None = None
+    """The emergency guard's decision (medical variants with guards on): tier, who decided, score."""
     text: str = ""
 
     def __iter__(self) -> Iterator[str]:
@@ -89,6 +93,8 @@ class Bot(ABC):
     backbone: BackboneBase
     prompt: PromptSpec
     availability: Availability = field(default_factory=lambda: Availability(True))
+    emergency: EmergencyGuard = RULES_ONLY
+    """Rules + learned detector (bots/guard.py); the runtime gives each bot the process's one guard."""
 
     @property
     @abstractmethod
@@ -109,22 +115,24 @@ class Bot(ABC):
             raise VariantUnavailable(f"{self.spec.name} is unavailable: {self.availability.reason}")
         settings = (settings or GenerationSettings()).validate()
         conversation = clean_conversation(conversation)
-        screening = screen(self.spec.domain, conversation[-1]["content"]) if guard else None
-        if screening and screening.canned_reply:
-            # Injection or clearly off-topic: answered without the model.
+        text = conversation[-1]["content"]
+        screening = screen(self.spec.domain, text) if guard else None
+        triage = self.emergency.assess(text, screening.emergency) if screening and self.spec.emergency_guard else None
+        if screening and screening.canned_reply and not (triage and triage.acted):
+            # Injection or clearly off-topic (and no emergency): answered without the model.
             stats = GenerationStats(stopped_by="guard")
-            return ReplyStream(iter([screening.canned_reply]), stats, guard_note=_guard_note(screening))
-        prefix = screening.prefix if screening and self.spec.emergency_guard else ""
+            return ReplyStream(iter([screening.canned_reply]), stats, guard_note=_guard_note(screening), triage=triage)
+        prefix = triage.prefix if triage else ""
         messages = self.render(conversation, override)
         fixed = messages[: len(messages) - len(conversation)]
         trimmed = self.backbone.fit_to_context(fixed, messages[len(fixed) :], settings.max_new_tokens)
         stats = GenerationStats()
         if not prefix:
-            return ReplyStream(self.backbone.stream(trimmed.prompt_ids, self.adapter, settings, stats), stats, trimmed.notice)
+            return ReplyStream(self.backbone.stream(trimmed.prompt_ids, self.adapter, settings, stats), stats, trimmed.notice, triage=triage)
         # The escalation opens the reply and the model continues after it, so what follows reads on.
         prefix_ids = self.backbone.encode_text(prefix)
         pieces = _Prefixed(prefix, self.backbone.stream(trimmed.prompt_ids + prefix_ids, self.adapter, settings, stats))
-        return ReplyStream(pieces, stats, trimmed.notice, _guard_note(screening))
+        return ReplyStream(pieces, stats, trimmed.notice, triage.note() if triage else "", triage=triage)
 
     def reply(self, conversation: list[Message], settings: GenerationSettings | None = None, override: PromptOverride | None = None, guard: bool = True) -> ReplyStream:
         """The whole reply at once (a consumed stream)."""
@@ -204,3 +212,26 @@ class LoraBot(Bot):
         card = self.adapter_path / "README.md" if self.adapter_path else None
         card_text = card.read_text(encoding="utf-8") if card and card.is_file() else "(this adapter has no model card)"
         return header + f"\n#### Adapter card (`{self.adapter_path}`)\n\n{card_text}"
+
+
+class BaseBot(Bot):
+    """The control: the bare base model with a one-line system prompt; no adapter, no facts, no few-shot.
+
+    What the other methods are measured against: what each buys over nothing.
+    """
+
+    @property
+    def adapter(self) -> str | None:
+        return None
+
+    def render(self, conversation: list[Message], override: PromptOverride | None = None) -> list[Message]:
+        # Overrides do not apply: the control stays the control.
+        return render_base(self.prompt, conversation)
+
+    def describe(self) -> str:
+        return (
+            f"### {self.spec.label}\n"
+            "The **bare base model**: no adapter, no fact sheet, no few-shot dialogs. It is the control the other "
+            "methods are measured against. The only prompt is this one-line system message:\n"
+            f"```text\n{self.prompt.base_system_prompt}\n```"
+        )

@@ -1,4 +1,4 @@
-"""Command-line interface to the four variants (a stable interface: keep it working).
+"""Command-line interface to the variants (a stable interface: keep it working).
 
     python -m bots list
     python -m bots ask --variant ecommerce-prompt "Do you ship to Canada?"
@@ -146,6 +146,8 @@ def command_batch(runtime: Runtime, args: argparse.Namespace) -> int:
                 reply = bot.reply(messages, settings)
                 stats = reply.stats
                 result.update(reply=mask_card_numbers(reply.text), latency_s=round(stats.latency_s, 4), ttft_s=round(stats.ttft_s, 4), new_tokens=stats.new_tokens, prompt_tokens=stats.prompt_tokens)
+                # Which guard acted, and for the emergency guard which part (rules, detector) and its score.
+                result["guard"] = {"note": reply.guard_note or None, "emergency": reply.triage.record() if reply.triage else None}
             except ConversationError as exc:
                 failures += 1
                 result["error"] = mask_card_numbers(f"line {number}: {exc}")

@@ -30,11 +30,20 @@ from pathlib import Path
 import numpy as np
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from bots.backbone_base import DEFAULT_CONTEXT_TOKENS, AdapterError, BackboneBase, ContextOverflow, GenerationError, Message
+from bots.backbone_base import (
+    DEFAULT_CONTEXT_TOKENS,
+    EMBED_MAX_TOKENS,
+    AdapterError,
+    BackboneBase,
+    ContextOverflow,
+    GenerationError,
+    Message,
+)
 from bots.base_source import EMBEDDED, EMBEDDED_NAME, BaseModelError, BaseModelSpec, cached_file_sha256, embedded_gguf_path
 from bots.generation import GenerationSettings, GenerationStats, TokenPicker, stream_text
 from bots.gguf_lora import HeadLayout, cached_gguf_lora
-from bots.llama_engine import Context, LlamaEngineError, LlamaModel, Run
+from bots.gguf_truncate import cached_truncated_gguf
+from bots.llama_engine import Context, EmbeddingContext, LlamaEngineError, LlamaModel, Run
 
 KV_FORMAT = "llama-cpp-python-0.3.36-f16-v1"
 """Part of a prefix KV file's key: a new llama.cpp or a new layout makes new files."""
@@ -64,6 +73,8 @@ class LoadedGguf:
     from_cache: bool
     cache_dir: Path
     """Where converted adapters and prompt-prefix KV caches are kept (the spec's cache folder)."""
+    path: Path | None = None
+    """The GGUF file (the detector's truncated copy is made from it)."""
 
 
 def load_gguf_base(spec: BaseModelSpec) -> LoadedGguf:
@@ -82,7 +93,7 @@ def load_gguf_base(spec: BaseModelSpec) -> LoadedGguf:
         raise BaseModelError(str(exc)) from exc
     hashes_known = (spec.cache_dir / "file_hashes.json").is_file()
     fingerprint = cached_file_sha256(path, spec.cache_dir)
-    return LoadedGguf(model, name, fingerprint, time.perf_counter() - started, hashes_known, spec.cache_dir)
+    return LoadedGguf(model, name, fingerprint, time.perf_counter() - started, hashes_known, spec.cache_dir, path)
 
 
 @dataclass
@@ -144,6 +155,13 @@ class LlamaCppBackbone(BackboneBase):
         self._burst_left = 0
         self._wake = threading.Condition()
         self._closed = False
+        # Scoring (continuation_nll) has a context of its own, made on first use: it never touches the lanes.
+        self._score_lock = threading.Lock()
+        self._score_context: Context | None = None
+        self._score_adapter: str | None = None
+        self._score_cached: list[int] = []
+        self._embed_lock = threading.Lock()
+        self._embed_contexts: dict[int | None, EmbeddingContext] = {}
         self._worker = threading.Thread(target=self._run, name="llama-scheduler", daemon=True)
         self._worker.start()
         # A daemon thread inside llama_decode while the interpreter tears down crashes the process.
@@ -160,6 +178,27 @@ class LlamaCppBackbone(BackboneBase):
 
     def decode_text(self, token_ids: list[int]) -> str:
         return self.model.decode(token_ids)
+
+    def embed(self, text: str, blocks: int | None = None) -> np.ndarray:
+        """Mean hidden state after ``blocks`` blocks (all: None), normed (llama.cpp's pooling).
+
+        Runs on a context of its own, made on first use; for ``blocks`` it is a context of the
+        GGUF cut after that block (bots/gguf_truncate.py, cached), which costs blocks/30 of a pass.
+        """
+        ids = self.encode_text(text)
+        with self._embed_lock:
+            if self._closed:
+                raise GenerationError("the backbone is closed")
+            context = self._embed_contexts.get(blocks)
+            if context is None:
+                model = self.model
+                if blocks is not None:
+                    if self.base.path is None:
+                        raise NotImplementedError("the base GGUF file is unknown: no truncated copy for the detector")
+                    truncated = cached_truncated_gguf(self.base.path, blocks, self.cache_dir, self.base.fingerprint)
+                    model = LlamaModel(truncated, self.model.threads)
+                context = self._embed_contexts[blocks] = EmbeddingContext(model, EMBED_MAX_TOKENS)
+            return context.embed(ids)
 
     # --- adapters ---------------------------------------------------------------------------
 
@@ -207,6 +246,48 @@ class LlamaCppBackbone(BackboneBase):
         digest.update(np.asarray(prompt_ids, dtype=np.int32).tobytes())
         return self.cache_dir / "prefix-kv" / f"{digest.hexdigest()[:24]}.kv"
 
+    # --- scoring ----------------------------------------------------------------------------
+
+    def continuation_nll(self, prompt_ids: list[int], continuation_ids: list[int], adapter: str | None) -> tuple[float, int]:
+        """Summed negative log-likelihood of ``continuation_ids`` after ``prompt_ids`` from llama.cpp's
+        logits (teacher forcing), and its token count, as ``bots.backbone.Backbone.continuation_nll``.
+
+        Runs on a one-sequence context of its own, beside the scheduler's lanes; the prompt
+        prefix of the previous call is reused (the prompt variants' fixed part is fed once).
+        llama.cpp computes with 8-bit activations, so the values are close to the reference's, not equal.
+        """
+        if not continuation_ids:
+            raise ValueError("nothing to score: the continuation is empty")
+        if not prompt_ids:
+            raise ValueError("nothing to condition on: the prompt is empty")
+        if adapter is not None and adapter not in self._adapter_handles:
+            raise AdapterError(f"adapter '{adapter}' is not loaded")
+        ids = list(prompt_ids) + list(continuation_ids)
+        if len(ids) > self.context_tokens:
+            raise ContextOverflow(f"{len(ids)} tokens exceed the {self.context_tokens}-token context")
+        split = len(prompt_ids) - 1  # the last prompt token's logits predict the first continuation token
+        with self._score_lock:
+            if self._closed:
+                raise GenerationError("the backbone is closed")
+            if self._score_context is None:
+                self._score_context = self.model.new_context(self.context_tokens, 1, self.config.batch_tokens)
+            context = self._score_context
+            if self._score_adapter != adapter:
+                self._score_cached = []
+            context.set_adapter(self._adapter_handles[adapter] if adapter else None)
+            self._score_adapter = adapter
+            keep = min(_common_prefix(self._score_cached, ids), split)
+            context.forget(0, keep)
+            self._score_cached = []  # unknown until the decode below succeeds
+            if keep < split:
+                context.decode([Run(0, ids[keep:split], keep, want_logits=False)])
+            rows = context.decode_every(0, ids[split:-1], split).astype(np.float64)
+            self._score_cached = ids[:-1]
+        top = rows.max(axis=1)
+        log_norm = top + np.log(np.exp(rows - top[:, None]).sum(axis=1))
+        nll = float(np.sum(log_norm - rows[np.arange(len(continuation_ids)), continuation_ids]))
+        return nll, len(continuation_ids)
+
     def wait_idle(self, timeout_s: float = 60.0) -> bool:
         """Block until no job runs or waits (warm-ups included); False on timeout."""
         deadline = time.monotonic() + timeout_s
@@ -247,6 +328,14 @@ class LlamaCppBackbone(BackboneBase):
         self._worker.join(timeout=10)
         for job in self._active + self._waiting:
             job.tokens.put(GenerationError("the server is shutting down"))
+        with self._score_lock:
+            if self._score_context is not None:
+                self._score_context.close()
+                self._score_context = None
+        with self._embed_lock:
+            for context in self._embed_contexts.values():
+                context.close()
+            self._embed_contexts.clear()
         self.context.close()
         atexit.unregister(self.close)
 

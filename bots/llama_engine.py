@@ -231,6 +231,28 @@ class Context:
             pending = carry
         return logits
 
+    def decode_every(self, seq: int, tokens: Sequence[int], start: int) -> np.ndarray:
+        """Append ``tokens`` to sequence ``seq`` from position ``start``; the logits after *every*
+        token, shape (len(tokens), n_vocab): teacher forcing, for scoring a known continuation."""
+        if not tokens:
+            raise LlamaEngineError("nothing to decode")
+        rows: list[np.ndarray] = []
+        batch = self._batch
+        for offset in range(0, len(tokens), self.batch_tokens):
+            chunk = tokens[offset : offset + self.batch_tokens]
+            for n, token in enumerate(chunk):
+                batch.token[n] = token
+                batch.pos[n] = start + offset + n
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = seq
+                batch.logits[n] = True
+            batch.n_tokens = len(chunk)
+            rc = self._lib.llama_decode(self.ctx, batch)
+            if rc != 0:
+                raise LlamaEngineError(f"llama.cpp decode failed (code {rc}; 1 means the context is full)")
+            rows += [self._logits(n) for n in range(len(chunk))]
+        return np.stack(rows)
+
     def _logits(self, index: int) -> np.ndarray:
         pointer = self._lib.llama_get_logits_ith(self.ctx, index)
         return np.ctypeslib.as_array(pointer, shape=(self.model.n_vocab,)).copy()
@@ -255,3 +277,63 @@ def _quiet_llama_logs(llama_cpp: object) -> None:
     llama_cpp.llama_log_set(_log, ctypes.c_void_p(0))  # type: ignore[attr-defined]
     _quiet_llama_logs.installed = True  # type: ignore[attr-defined]
     _quiet_llama_logs.callback = _log  # type: ignore[attr-defined]  # keep it alive: C holds the pointer
+
+
+class EmbeddingContext:
+    """A one-sequence context that returns the mean of the final hidden states of a text
+    (llama.cpp's mean pooling), for the learned emergency detector. No adapter is ever set."""
+
+    POOLING_MEAN = 1  # LLAMA_POOLING_TYPE_MEAN
+
+    def __init__(self, model: LlamaModel, max_tokens: int = 256, threads: int = 1) -> None:
+        lib = model._lib
+        self._lib = lib
+        self.model = model
+        self.max_tokens = max_tokens
+        params = lib.llama_context_default_params()
+        params.n_ctx = max_tokens
+        params.n_batch = max_tokens
+        params.n_ubatch = max_tokens
+        params.n_seq_max = 1
+        # One thread: the scheduler's generation threads own the cores, and llama.cpp's threads
+        # spin-wait on each other, so a second pool on a busy 2-core machine runs many times slower.
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        params.embeddings = True
+        params.pooling_type = self.POOLING_MEAN
+        params.flash_attn_type = 0  # as the generation contexts: results independent of batching
+        params.no_perf = True
+        self.ctx = lib.llama_init_from_model(model.model, params)
+        if not self.ctx:
+            raise LlamaEngineError("llama.cpp could not create an embedding context (out of memory?)")
+        self.memory = lib.llama_get_memory(self.ctx)
+        self.width = int(lib.llama_model_n_embd(model.model))
+        self._batch = lib.llama_batch_init(max_tokens, 0, 1)
+
+    def embed(self, tokens: Sequence[int]) -> np.ndarray:
+        """Mean final hidden state over ``tokens`` (the last ``max_tokens`` of them)."""
+        if not tokens:
+            raise LlamaEngineError("nothing to embed: no tokens")
+        tokens = list(tokens)[-self.max_tokens :]
+        self._lib.llama_memory_clear(self.memory, True)
+        batch = self._batch
+        for i, token in enumerate(tokens):
+            batch.token[i] = token
+            batch.pos[i] = i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = True  # pooling reads every position's output
+        batch.n_tokens = len(tokens)
+        rc = self._lib.llama_decode(self.ctx, batch)
+        if rc != 0:
+            raise LlamaEngineError(f"llama.cpp embedding decode failed (code {rc})")
+        pointer = self._lib.llama_get_embeddings_seq(self.ctx, 0)
+        if not pointer:
+            raise LlamaEngineError("llama.cpp returned no pooled embedding")
+        return np.ctypeslib.as_array(pointer, shape=(self.width,)).copy()
+
+    def close(self) -> None:
+        if self.ctx:
+            self._lib.llama_batch_free(self._batch)
+            self._lib.llama_free(self.ctx)
+            self.ctx = None

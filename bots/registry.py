@@ -1,4 +1,4 @@
-"""The four variants, as data, and the process-wide runtime that serves them.
+"""The variants (each domain as LoRA, prompt template and bare-base control), as data, and the runtime that serves them.
 
 ``VARIANTS`` is what the UI, the CLI, the tests and the evaluation iterate. A method name
 maps to a bot class; a LoRA variant whose adapter cannot be loaded is kept in the registry
@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 from bots.backbone_base import AdapterError, BackboneBase
 from bots.backends import build_backbone
 from bots.base_source import BaseModelSpec
-from bots.bot import Availability, Bot, LoraBot, PromptedBot, VariantSpec
+from bots.bot import Availability, BaseBot, Bot, LoraBot, PromptedBot, VariantSpec
+from bots.guard import EmergencyGuard
 from prompts import load_prompt_spec
 
 if TYPE_CHECKING:
@@ -33,11 +34,13 @@ VARIANTS: dict[str, VariantSpec] = {
     for spec in (
         VariantSpec("ecommerce-lora", "ecommerce", "lora", "E-commerce · LoRA adapter"),
         VariantSpec("ecommerce-prompt", "ecommerce", "prompt", "E-commerce · prompt template"),
+        VariantSpec("ecommerce-base", "ecommerce", "base", "E-commerce · base model (control)"),
         VariantSpec("medical-lora", "medical", "lora", "Medical · LoRA adapter", emergency_guard=True),
         VariantSpec("medical-prompt", "medical", "prompt", "Medical · prompt template", emergency_guard=True),
+        VariantSpec("medical-base", "medical", "base", "Medical · base model (control)", emergency_guard=True),
     )
 }
-BOT_CLASSES: dict[str, type[Bot]] = {"lora": LoraBot, "prompt": PromptedBot}
+BOT_CLASSES: dict[str, type[Bot]] = {"lora": LoraBot, "prompt": PromptedBot, "base": BaseBot}
 DOMAINS: tuple[str, ...] = tuple(dict.fromkeys(spec.domain for spec in VARIANTS.values()))
 
 
@@ -60,9 +63,10 @@ def default_adapters_dir() -> Path:
 def build_bots(backbone: BackboneBase, adapters_dir: Path | None = None) -> dict[str, Bot]:
     """One bot per variant; LoRA adapters are attached to the backbone here."""
     adapters_dir = adapters_dir or default_adapters_dir()
+    emergency = EmergencyGuard.for_backbone(backbone)  # one detector per process, shared by the bots
     bots: dict[str, Bot] = {}
     for spec in VARIANTS.values():
-        bot = BOT_CLASSES[spec.method](spec, backbone, load_prompt_spec(spec.domain))
+        bot = BOT_CLASSES[spec.method](spec, backbone, load_prompt_spec(spec.domain), emergency=emergency)
         if isinstance(bot, LoraBot):
             bot.adapter_path = adapters_dir / spec.domain
             bot.availability = _attach_adapter(backbone, spec.domain, bot.adapter_path)
@@ -82,7 +86,7 @@ def _attach_adapter(backbone: BackboneBase, name: str, path: Path) -> Availabili
 
 @dataclass
 class Runtime:
-    """Everything a process serves: the backbone and the four bots."""
+    """Everything a process serves: the backbone and one bot per variant."""
 
     backbone: BackboneBase
     bots: dict[str, Bot]
@@ -100,6 +104,8 @@ class Runtime:
             for bot in bots.values():
                 if bot.availability.ok and bot.spec.method == "prompt":
                     backbone.prefill(backbone.encode(bot.render([{"role": "user", "content": ""}])), bot.adapter)
+            # The detector's embedding context (on llama.cpp its truncated GGUF, cached) before the first user.
+            next(iter(bots.values())).emergency.detect("warm-up")
         return cls(backbone, bots)
 
     @classmethod

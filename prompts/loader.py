@@ -19,7 +19,18 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_core.prompts import ChatPromptTemplate, FewShotChatMessagePromptTemplate, MessagesPlaceholder
 
 PROMPTS_DIR = Path(__file__).resolve().parent
-REQUIRED_KEYS = ("domain", "title", "assistant_name", "lora_system_prompt", "system_prompt", "system_template", "fact_sheet", "few_shot", "example_questions")
+REQUIRED_KEYS = (
+    "domain",
+    "title",
+    "assistant_name",
+    "base_system_prompt",
+    "lora_system_prompt",
+    "system_prompt",
+    "system_template",
+    "fact_sheet",
+    "few_shot",
+    "example_questions",
+)
 
 Message = dict[str, str]
 
@@ -47,6 +58,8 @@ class PromptSpec:
     domain: str
     title: str
     assistant_name: str
+    base_system_prompt: str
+    """The control variant's only prompt: one line, no facts, no examples."""
     lora_system_prompt: str
     system_prompt: str
     system_template: str
@@ -95,6 +108,7 @@ def parse_prompt_spec(raw: object, path: Path) -> PromptSpec:
         domain=_require_text(raw, "domain", path),
         title=_require_text(raw, "title", path),
         assistant_name=_require_text(raw, "assistant_name", path),
+        base_system_prompt=_require_text(raw, "base_system_prompt", path),
         lora_system_prompt=_require_text(raw, "lora_system_prompt", path),
         system_prompt=_require_text(raw, "system_prompt", path),
         system_template=template,
@@ -167,6 +181,13 @@ def render_lora(spec: PromptSpec, conversation: list[Message]) -> list[Message]:
     if not conversation or conversation[-1]["role"] != "user":
         raise ValueError("the conversation must end with a user message")
     return [{"role": "system", "content": spec.lora_system_prompt}, *conversation]
+
+
+def render_base(spec: PromptSpec, conversation: list[Message]) -> list[Message]:
+    """Messages for the control variant: the one-line base system prompt, then the conversation as is."""
+    if not conversation or conversation[-1]["role"] != "user":
+        raise ValueError("the conversation must end with a user message")
+    return [{"role": "system", "content": spec.base_system_prompt}, *conversation]
 
 
 def _with_overrides(spec: PromptSpec, system_prompt: str | None, few_shot: tuple[FewShotExample, ...] | None) -> PromptSpec:

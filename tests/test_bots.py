@@ -18,9 +18,25 @@ from bots.registry import VARIANTS, Runtime
 from tests.tiny_model import save_tiny_adapter
 
 
-def test_registry_holds_exactly_the_four_variants() -> None:
-    assert set(VARIANTS) == {"ecommerce-lora", "ecommerce-prompt", "medical-lora", "medical-prompt"}
-    assert {(v.domain, v.method) for v in VARIANTS.values()} == {(d, m) for d in ("ecommerce", "medical") for m in ("lora", "prompt")}
+def test_registry_holds_every_domain_with_every_method() -> None:
+    methods = ("lora", "prompt", "base")
+    assert set(VARIANTS) == {f"{d}-{m}" for d in ("ecommerce", "medical") for m in methods}
+    assert {(v.domain, v.method) for v in VARIANTS.values()} == {(d, m) for d in ("ecommerce", "medical") for m in methods}
+    assert all(v.emergency_guard == (v.domain == "medical") for v in VARIANTS.values())
+
+
+def test_the_base_variant_is_the_bare_model_with_one_system_line(tiny_base: LoadedBase, tmp_path: Path) -> None:
+    runtime = Runtime.from_base(tiny_base, tmp_path / "no-adapters")
+    conversation = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Do you ship to Canada?"}]
+    for domain in ("ecommerce", "medical"):
+        bot, prompted = runtime.bot(f"{domain}-base"), runtime.bot(f"{domain}-prompt")
+        messages = bot.render(conversation)
+        assert messages == [{"role": "system", "content": bot.prompt.base_system_prompt}, *conversation]
+        assert "\n" not in bot.prompt.base_system_prompt and len(bot.prompt.base_system_prompt) < 100  # one line, no facts
+        assert bot.adapter is None and bot.availability.ok and "control" in bot.describe()
+        assert len(runtime.backbone.encode(messages)) < len(runtime.backbone.encode(prompted.render(conversation))) / 3
+        reply = bot.reply(conversation, GenerationSettings(max_new_tokens=4), guard=False)
+        assert reply.stats.new_tokens > 0
 
 
 def _logits(backbone: Backbone, ids: list[int], adapter: str | None) -> torch.Tensor:

@@ -34,8 +34,8 @@ def test_list_shows_every_variant_and_why_one_is_unavailable(tiny_runtime: Runti
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("base model: tiny-llama")
     rows = {line.split()[0]: line for line in lines[1:]}
-    assert set(rows) == {"ecommerce-lora", "ecommerce-prompt", "medical-lora", "medical-prompt"}
-    assert rows["ecommerce-lora"].endswith("available")
+    assert set(rows) == {f"{d}-{m}" for d in ("ecommerce", "medical") for m in ("lora", "prompt", "base")}
+    assert rows["ecommerce-lora"].endswith("available") and rows["medical-base"].split()[1:] == ["base", "available"]
     assert "unavailable: adapter folder" in rows["medical-lora"]
 
 

@@ -20,15 +20,21 @@ MODULES = (
     "bots.gguf_lora",
     "bots.loadtest",
     "bots.safety_eval",
+    "bots.api",
+    "bots.api_loadtest",
+    "bots.bench_detector",
+    "bots.gguf_truncate",
     "prompts",
     "training.train",
     "training.evaluate",
     "training.datagen",
     "training.bench_speed",
     "training.hub_cards",
+    "training.train_detector",
     "webui.votes",
     "webui.leaderboard",
     "tests.check_wheel",
+    "tests.ddp_train_tiny",
 )
 COMMANDS = [*MODULES, "ui.py"]
 

@@ -13,7 +13,9 @@ from bots.bot import Bot, ReplyStream
 from bots.registry import VARIANTS, Runtime
 from tests.tiny_model import save_tiny_adapter
 from training import evaluate
-from training.metrics import metrics_for
+from training.eval_data import PROBE_SOURCES, PROBES_DIR, read_probe_file
+from training.eval_report import render_report
+from training.metrics import METRICS, metrics_for
 from webui.report_tab import DEFAULT_REPORT_DIR, build_report_tab, load_results, shown_path
 
 SYSTEM = {"role": "system", "content": "short system prompt"}
@@ -63,7 +65,8 @@ def _run(runtime: Runtime, tmp_path: Path, *extra: str, limit: int = 2) -> tuple
 def test_end_to_end_on_the_tiny_model(full_runtime: Runtime, tmp_path: Path) -> None:
     out, results = _run(full_runtime, tmp_path)
     guarded = [name + evaluate.GUARD_SUFFIX for name in VARIANTS]
-    # Tiny adapters: all four run, each alone and then with the guards.
+    # Tiny adapters: every variant runs (the base control too), each alone and then with the guards.
+    assert {"ecommerce-base", "medical-base"} <= set(VARIANTS)
     assert list(results["variants"]) == [entry for name in VARIANTS for entry in (name, name + evaluate.GUARD_SUFFIX)]
     meta = results["meta"]
     for name, values in results["variants"].items():
@@ -79,14 +82,96 @@ def test_end_to_end_on_the_tiny_model(full_runtime: Runtime, tmp_path: Path) -> 
     assert meta["limit"] == 2 and meta["settings"]["temperature"] == 0.0 and meta["settings"]["max_new_tokens"] == 6
     assert {"platform", "cpu_count", "torch"} <= set(meta["machine"]) and meta["date"]
     assert meta["guard"]["available"] and meta["guard"]["used"] and set(meta["guard"]["acted"]) == set(guarded)
-    report = (out / "report.md").read_text()
-    for needle in ("## Reading", "E-commerce support: Northwind Goods", "## Metric definitions", "## results.json", "with the guards", "![quality vs latency](quality_vs_latency.png)"):
-        assert needle in report
-    for plot in PLOTS:
-        assert (out / plot).stat().st_size > 1000
+    assert meta["split"] == "test" and meta["backend"] == "transformers" and meta["parallel"] == 1
+    assert meta["perplexity"]["backend"] == "transformers" and "reference" in meta["perplexity"]["note"]
+    assert meta["control"] == {"ecommerce": "ecommerce-base", "medical": "medical-base"}
+    assert meta["entries"]["medical-base"]["method"] == "base" and meta["counts"]["ecommerce-lora"]["support"] == 2
+    assert "support_policy_rate" in results["variants"]["ecommerce-base"] and "support_policy_rate" not in results["variants"]["medical-base"]
     replies = [json.loads(line) for line in (out / "replies.jsonl").read_text().splitlines()]
     assert len(replies) == sum(sum(c.values()) for c in meta["counts"].values())
     assert any(r["source"] == "test" and r["reference"] == "Standard shipping is free on orders over $50." for r in replies)  # last turn of a multi-turn dialog
+    _check_intervals(results, replies)
+    _check_comparisons(results, replies)
+    report = (out / "report.md").read_text()
+    for needle in (
+        "## Reading", "E-commerce support: Northwind Goods", "## Metric definitions", "## results.json", "with the guards",
+        "![quality vs latency](quality_vs_latency.png)", "the **test** split", "**transformers** backend", "buys over the control `ecommerce-base`",
+        "### Paired comparisons (medical)", "exact McNemar", "paired bootstrap", "support policy",
+    ):  # fmt: skip
+        assert needle in report, needle
+    assert " [" in report.split("## E-commerce support")[1].split("\n| ")[2]  # table cells carry their interval
+    for plot in PLOTS:
+        assert (out / plot).stat().st_size > 1000
+
+
+def _check_intervals(results: dict, replies: list[dict]) -> None:
+    """Every value has an interval around it, over as many cases as the entry answered in that source."""
+    meta = results["meta"]
+    for name, values in results["variants"].items():
+        counts = meta["counts"][name]
+        for key, value in values.items():
+            interval = results["intervals"][name][key]
+            if value is None:
+                assert interval is None
+                continue
+            assert interval["value"] == value and interval["ci_low"] <= value <= interval["ci_high"], (name, key, interval)
+            spec = METRICS[key]
+            if spec.kind == "rate":
+                assert interval["method"] == "wilson" and interval["n"] == counts[spec.source] and 0 <= interval["ci_low"] <= interval["ci_high"] <= 1
+                shares = [r["checks"][evaluate.RATE_CHECKS[key][1]] for r in replies if r["entry"] == name and r["source"] == spec.source]
+                assert value == pytest.approx(sum(shares) / len(shares))  # the rate is the share of its per-case checks
+            else:
+                assert interval["method"] == "bootstrap" and 1 <= interval["n"] <= sum(counts.values())
+        assert results["intervals"][name]["rouge_l_f1"]["n"] == counts["test"] == 2
+
+
+def _check_comparisons(results: dict, replies: list[dict]) -> None:
+    """Paired on the same case ids; each difference is the difference of the two values on those cases."""
+    by_case = {(r["entry"], r["source"], r["case_id"]): r for r in replies}
+    for domain, rows in results["comparisons"].items():
+        pairs = {(row["a"], row["b"]) for row in rows}
+        assert {(f"{domain}-lora", f"{domain}-prompt"), (f"{domain}-lora", f"{domain}-base"), (f"{domain}-prompt", f"{domain}-base")} <= pairs
+        assert (f"{domain}-lora{evaluate.GUARD_SUFFIX}", f"{domain}-lora") in pairs and (f"{domain}-lora", f"{domain}-prompt{evaluate.GUARD_SUFFIX}") not in pairs
+        for row in rows:
+            spec = METRICS[row["metric"]]
+            assert spec.higher_is_better is not None and 0 < row["p_value"] <= 1
+            assert row["significant"] == (row["p_value"] < 0.05 and (row["test"] == "exact McNemar" or row["n"] >= 10))
+            assert row["difference"] == pytest.approx(row["a_value"] - row["b_value"], abs=1e-9)
+            assert row["ci_low"] - 1e-9 <= row["difference"] <= row["ci_high"] + 1e-9 or row["n"] < 3
+            assert row["better"] in (None, row["a"], row["b"]) and (row["better"] is None or row["significant"])
+            if spec.kind == "rate":
+                assert row["test"] == "exact McNemar"
+                # Both answered every case: the paired rates are the reported rates.
+                assert row["a_value"] == pytest.approx(results["variants"][row["a"]][row["metric"]])
+                assert row["b_value"] == pytest.approx(results["variants"][row["b"]][row["metric"]])
+                check = evaluate.RATE_CHECKS[row["metric"]][1]
+                cases = [key for key in by_case if key[0] == row["a"] and key[1] == spec.source]
+                assert row["n"] == len(cases)
+                assert all((row["b"], source, case) in by_case for _, source, case in cases)  # the same case ids
+                discordant = sum(by_case[(row["a"], s, c)]["checks"][check] != by_case[(row["b"], s, c)]["checks"][check] for _, s, c in cases)
+                assert discordant > 0 or row["p_value"] == 1.0
+            else:
+                assert row["test"] == "paired bootstrap"
+
+
+def test_split_dev_keeps_the_dev_probes_and_perplexity_says_where_it_is_missing(full_runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(evaluate, "can_score", lambda bot: False)  # a backend that cannot score tokens
+    out, results = _run(full_runtime, tmp_path, "--variants", "ecommerce-base,ecommerce-lora", "--split", "dev", "--no-guard", limit=3)
+    meta = results["meta"]
+    assert meta["split"] == "dev" and meta["perplexity"]["backend"] is None and "n/a" in meta["perplexity"]["note"]
+    assert all(values["perplexity"] is None for values in results["variants"].values())
+    dev = {row["id"] for source in PROBE_SOURCES if "ecommerce" in source.domains for row in read_probe_file(PROBES_DIR / source.file, source.fields) if row["split"] == "dev"}
+    replies = [json.loads(line) for line in (out / "replies.jsonl").read_text().splitlines()]
+    assert all(r["case_id"] in dev for r in replies if r["source"] != "test") and any(r["source"] == "support" for r in replies)
+    report = (out / "report.md").read_text()
+    assert "the **dev** split" in report and "n/a on transformers" in report
+    # The control is compared with the method: what LoRA buys over the base model.
+    assert "what LoRA (`ecommerce-lora`) buys over the control `ecommerce-base`" in report
+    # A results file from before the paired statistics still renders, without claims of significance.
+    old = {key: value for key, value in results.items() if key not in ("intervals", "comparisons")}
+    old["meta"] = {key: value for key, value in meta.items() if key not in ("split", "backend", "perplexity", "control", "statistics", "parallel")}
+    text = render_report(old, {})
+    assert "no paired statistics" in text and "wins," not in text
 
 
 def test_missing_adapter_is_skipped_with_its_reason(tiny_base: LoadedBase, tmp_path: Path) -> None:
@@ -117,6 +202,10 @@ def test_the_guard_entries_and_no_guard(full_runtime: Runtime, tmp_path: Path, m
     assert cases == 14 and calls.count(True) == cases and calls.count(False) == acted == sum(1 for r in replies if r["guard_acted"])
     assert guarded["escalation_first_rate"] >= alone["escalation_first_rate"] and guarded["perplexity"] == alone["perplexity"]
     assert acted > 0 and "a guard acted on" in (out / "report.md").read_text()
+    # Each guarded reply records the emergency guard's decision; the model alone records none.
+    guarded_replies = [r for r in replies if r["entry"] == "medical-lora+guard"]
+    assert guarded_replies and all(r["triage"]["tier"] in ("routine", "urgent", "emergency") for r in guarded_replies if not r["error"])
+    assert all(r["triage"] is None for r in replies if r["entry"] == "medical-lora")
     # --no-guard: the model alone, guard=False passed on every call.
     calls.clear()
     _, results = _run(full_runtime, tmp_path / "second", "--variants", "medical-lora", "--no-guard", limit=1)
@@ -140,6 +229,9 @@ def test_bad_arguments_are_refused() -> None:
         evaluate.main(["--variants", "nope"])
     with pytest.raises(SystemExit):
         evaluate.main(["--limit", "0"])
+    for bad in (["--split", "train"], ["--backend", "vllm"], ["--parallel", "-1"], ["--resamples", "10"]):
+        with pytest.raises(SystemExit):
+            evaluate.main(bad)
 
 
 def test_report_tab_builds_with_and_without_a_report(full_runtime: Runtime, tmp_path: Path) -> None:
@@ -152,9 +244,10 @@ def test_report_tab_builds_with_and_without_a_report(full_runtime: Runtime, tmp_
     with gr.Blocks() as filled, gr.Tab("Evaluation"):
         build_report_tab(out)
     kinds = [type(block).__name__ for block in filled.blocks.values()]
-    assert "Dataframe" in kinds and kinds.count("Image") == 2  # e-commerce bars + scatter
+    assert kinds.count("Dataframe") == 2 and kinds.count("Image") == 2  # e-commerce table + comparisons, bars + scatter
     texts = " ".join(str(getattr(block, "value", "")) for block in filled.blocks.values())
     assert str(out) not in texts and "report.md" in texts  # never the serving machine's absolute path
+    assert "the **test** split" in texts and "transformers" in texts and "95% interval" in texts
 
 
 def test_report_path_is_shown_relative_to_the_repository(tmp_path: Path) -> None:

@@ -354,7 +354,7 @@ def test_embedded_gguf_is_found() -> None:
 
 
 @needs_llama
-def test_side_by_side_streams_all_four_panes_together_on_the_llama_backend(llama_runtime) -> None:
+def test_side_by_side_streams_all_panes_together_on_the_llama_backend(llama_runtime) -> None:
     from bots.registry import peek_runtime, set_runtime
     from webui.compare_tab import PANES, compare
 
@@ -362,7 +362,7 @@ def test_side_by_side_streams_all_four_panes_together_on_the_llama_backend(llama
     set_runtime(llama_runtime)
     try:
         # Snapshots: a frame holds the panes' history lists, which the handler keeps appending to.
-        frames = [copy.deepcopy(frame) for frame in compare("Do you ship to Canada?", "all", 24, 0.0, 0.95, 1.1, 0, [], [], [], [])]
+        frames = [copy.deepcopy(frame) for frame in compare("Do you ship to Canada?", "all", 24, 0.0, 0.95, 1.1, 0, *([] for _ in PANES))]
     finally:
         set_runtime(previous)
 
@@ -411,3 +411,57 @@ def test_warm_prefixes_are_kept_on_disk_and_a_restart_loads_them_with_unchanged_
     assert third.bot("ecommerce-prompt").reply(question, GREEDY, guard=False).stats.token_ids == expected.token_ids
     assert all(file.stat().st_size > 1000 for file in files)  # and written again
     third.backbone.close()
+
+
+@needs_llama
+def test_continuation_nll_is_teacher_forced_llama_cpp_logits_with_the_prefix_reused(llama_runtime) -> None:
+    from bots.llama_engine import Run
+
+    backbone = llama_runtime.backbone
+    bot = llama_runtime.bot("ecommerce-prompt")
+    prompt = backbone.encode(bot.render([{"role": "user", "content": "Do you ship to Canada?"}]))
+    answer = backbone.encode_text("Yes, we ship to Canada in 5-8 business days.")
+    # By hand: a fresh context, the answer fed one token at a time, log-softmax of each step's logits.
+    context = backbone.model.new_context(2048, 1, 512)
+    try:
+        logits = context.decode([Run(0, prompt, 0)])[0]
+        expected = 0.0
+        for i, token in enumerate(answer):
+            row = logits.astype(np.float64)
+            expected += float(np.log(np.exp(row - row.max()).sum()) + row.max() - row[token])
+            if i + 1 < len(answer):
+                logits = context.decode([Run(0, [token], len(prompt) + i)])[0]
+    finally:
+        context.close()
+    nll, count = backbone.continuation_nll(prompt, answer, None)
+    assert count == len(answer) and nll == pytest.approx(expected, rel=1e-3)
+    again, _ = backbone.continuation_nll(prompt, answer, None)  # the prompt now comes from the scoring cache
+    assert again == pytest.approx(nll, rel=1e-4)
+    other = backbone.encode(bot.render([{"role": "user", "content": "Do you ship to Mexico?"}]))
+    assert backbone.continuation_nll(other, answer, None)[0] != pytest.approx(nll, rel=1e-4)  # a different prompt is scored afresh
+    with_adapter, _ = backbone.continuation_nll(prompt, answer, "ecommerce")
+    assert with_adapter != pytest.approx(nll, rel=1e-3)
+    assert backbone.continuation_nll(prompt, answer, None)[0] == pytest.approx(nll, rel=1e-4)  # back to the bare base: unchanged
+    with pytest.raises(ValueError):
+        backbone.continuation_nll(prompt, [], None)
+    with pytest.raises(AdapterError):
+        backbone.continuation_nll(prompt, answer, "nope")
+
+
+@pytest.mark.slow
+@needs_llama
+def test_continuation_nll_is_close_to_the_transformers_reference(llama_runtime) -> None:
+    from bots.backbone import Backbone
+    from bots.base_model import load_base
+
+    reference = Backbone(load_base(BaseModelSpec()))
+    reference.load_adapter("medical", ADAPTERS / "medical")
+    fast = llama_runtime.backbone
+    bot = llama_runtime.bot("medical-lora")
+    prompt = fast.encode(bot.render([{"role": "user", "content": "What helps a mild sore throat?"}]))
+    answer = fast.encode_text("Warm drinks, rest and throat lozenges usually help. See a doctor if it lasts more than a week.")
+    for adapter in (None, "medical"):
+        fast_nll, count = fast.continuation_nll(prompt, answer, adapter)
+        reference_nll, _ = reference.continuation_nll(prompt, answer, adapter)
+        # Perplexities within 15% of each other (8-bit activations against fp32).
+        assert abs(fast_nll - reference_nll) / count < 0.15

@@ -33,7 +33,7 @@ def test_concurrent_sessions_lose_and_mix_nothing(tiny_runtime: Runtime) -> None
         assert len(report.outcomes) == len(report.completed) == 8
         assert not report.failed and not report.lost and not report.mismatches
         assert set(report.unavailable) == {"medical-lora"}
-        assert {o.request.variant for o in report.outcomes} == {"ecommerce-lora", "ecommerce-prompt", "medical-prompt"}
+        assert {o.request.variant for o in report.outcomes} == set(VARIANTS) - {"medical-lora"}  # 8 requests cycle through all 5
         assert len({o.session for o in report.outcomes}) > 1  # really concurrent sessions
         assert 0 < report.latency(0.5) <= report.latency(0.95)
         # The replay check can fail: a reply that is not what the request gives alone is a mismatch.

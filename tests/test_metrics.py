@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from training import metrics as m
-from training.eval_data import PROBE_SOURCES, PROBES_DIR, read_probe_file
+from training.dialogs import DATA_DIR
+from training.eval_data import PROBE_SOURCES, PROBES_DIR, SPLITS, ProbeFileError, ProbeSource, load_cases, read_probe_file
 
 # --------------------------------------------------------------------------- text helpers
 
@@ -35,6 +39,23 @@ def test_fact_needs_every_pattern() -> None:
     assert not m.states_fact("anything", [])  # a probe without patterns can never be right
     assert m.fact_accuracy(["RETURNS WITHIN 30 DAYS", "two weeks", ""], [[r"30 days"]] * 3) == pytest.approx(1 / 3)
     assert m.fact_accuracy([], []) is None
+
+
+def test_support_policy_uses_the_same_pattern_logic() -> None:
+    offer = [r"live chat|support@northwindgoods\.example|human (?:agent|team)|support team"]
+    assert (
+        m.support_policy_rate(
+            ["I don't have that information, but our support team can help on live chat.", "Reset it in settings."], [offer, offer]
+        )
+        == 0.5
+    )
+    assert (
+        m.support_policy_rate(
+            ["Cancel it at Account > Orders > Cancel within 1 hour."], [[r"account\s*>\s*orders\s*>\s*cancel", r"\b1\s+hour"]]
+        )
+        == 1.0
+    )
+    assert m.support_policy_rate([], []) is None
 
 
 # --------------------------------------------------------------------------- escalation
@@ -157,13 +178,6 @@ def test_lengths_and_speeds() -> None:
     assert m.mean_prompt_tokens([100, 300]) == 200.0
 
 
-def test_two_proportion_z() -> None:
-    assert m.two_proportion_z(0.5, 10, 0.5, 10) == 0.0
-    assert m.two_proportion_z(1.0, 50, 0.0, 50) > 1.96
-    assert abs(m.two_proportion_z(0.6, 5, 0.4, 5)) < 1.96
-    assert m.two_proportion_z(0.5, 0, 0.5, 10) == 0.0
-
-
 # --------------------------------------------------------------------------- the catalogue
 
 
@@ -176,18 +190,84 @@ def test_every_metric_has_a_one_line_definition_and_a_format() -> None:
     assert m.format_value(m.METRICS["ttft_s"], 1.234) == "1.23 s"
     assert {spec.key for spec in m.metrics_for("ecommerce")} >= {"fact_accuracy", "rouge_l_f1", "injection_resistance_rate"}
     assert "fact_accuracy" not in {spec.key for spec in m.metrics_for("medical")}
+    support = m.METRICS["support_policy_rate"]
+    assert support.domains == ("ecommerce",) and support.source == "support" and support.kind == "rate" and support.higher_is_better
+    assert {spec.source for spec in m.metrics_for("ecommerce") if spec.kind == "rate"} <= {source.name for source in PROBE_SOURCES}
 
 
 # --------------------------------------------------------------------------- the probe files
 
+SOURCES = {source.name: source for source in PROBE_SOURCES}
+MIN_PER_DOMAIN = 100
+SAFETY_SETS = Path(__file__).resolve().parent.parent / "bots" / "safety_eval"
+RED_FLAGS = {
+    "chest_pain",
+    "stroke",
+    "breathing",
+    "bleeding",
+    "anaphylaxis",
+    "unconscious",
+    "seizure",
+    "overdose_poisoning",
+    "head_injury",
+    "meningitis",
+    "infant_fever",
+    "thunderclap_headache",
+    "self_harm",
+}
+FACT_TOPICS = {
+    "shipping_regions",
+    "standard_shipping",
+    "express_shipping",
+    "dispatch_cutoff",
+    "order_tracking",
+    "cancelling",
+    "changing_address",
+    "returns",
+    "return_shipping_cost",
+    "final_sale",
+    "refunds",
+    "exchanges",
+    "damaged_item",
+    "price_adjustment",
+    "warranty",
+    "payment_methods",
+    "loyalty",
+    "human_support",
+    "security",
+}
+SUPPORT_INTENTS = {
+    "tracking",
+    "cancelling",
+    "returns",
+    "refund_status",
+    "payment",
+    "address_change",
+    "human_handoff",
+    "complaint",
+    "not_covered",
+}
+
+
+def rows_of(name: str) -> list[dict]:
+    source = SOURCES[name]
+    return read_probe_file(PROBES_DIR / source.file, source.fields)
+
+
+def normalised(text: str) -> str:
+    return " ".join(text.lower().split())
+
 
 @pytest.mark.parametrize("source", PROBE_SOURCES, ids=lambda s: s.name)
-def test_probe_files_parse_and_their_patterns_compile(source) -> None:  # noqa: ANN001
+def test_probe_files_parse_and_their_patterns_compile(source: ProbeSource) -> None:
     rows = read_probe_file(PROBES_DIR / source.file, source.fields)
     assert len({row["id"] for row in rows}) == len(rows)
     for domain in source.domains:
-        assert len([r for r in rows if r.get("domain", domain) == domain]) >= 15
+        questions = [normalised(r["question"]) for r in rows if r.get("domain", domain) == domain]
+        assert len(questions) >= MIN_PER_DOMAIN, (source.name, domain, len(questions))
+        assert len(set(questions)) == len(questions), [q for q, n in Counter(questions).items() if n > 1]
     for row in rows:
+        assert row["split"] in SPLITS and isinstance(row["spec_row"], str) and row["spec_row"].strip(), row["id"]
         for pattern in row.get("expected", []) + row.get("forbidden", []):
             re.compile(pattern)
         # A pattern that matches the question itself would reward parroting it back.
@@ -195,12 +275,77 @@ def test_probe_files_parse_and_their_patterns_compile(source) -> None:  # noqa: 
             assert not m.matches(pattern, row["question"]), (row["id"], pattern)
 
 
+@pytest.mark.parametrize("source", PROBE_SOURCES, ids=lambda s: s.name)
+def test_both_splits_cover_every_group(source: ProbeSource) -> None:
+    splits: dict[str, Counter] = {}
+    for row in read_probe_file(PROBES_DIR / source.file, source.fields):
+        splits.setdefault(source.group_of(row), Counter())[row["split"]] += 1
+    for group, counts in splits.items():
+        assert counts["dev"] and counts["test"], (source.name, group, dict(counts))
+        # About 40% dev / 60% test within every group (positions 0 and 2 of every 5).
+        assert 0.25 <= counts["dev"] / (counts["dev"] + counts["test"]) <= 0.5, (source.name, group, dict(counts))
+
+
 def test_probe_sets_cover_the_spec() -> None:
-    facts = read_probe_file(PROBES_DIR / "ecommerce_facts.jsonl", ("topic",))
-    emergencies = read_probe_file(PROBES_DIR / "medical_emergencies.jsonl", ("red_flag",))
-    assert len(facts) >= 40 and len({row["topic"] for row in facts}) >= 18
-    assert len(emergencies) >= 40 and len({row["red_flag"] for row in emergencies}) == 13
-    assert len(read_probe_file(PROBES_DIR / "medical_ordinary.jsonl", ("topic",))) >= 40
+    facts = rows_of("facts")
+    assert {row["topic"] for row in facts} == FACT_TOPICS
+    assert min(Counter(row["topic"] for row in facts).values()) >= 5
+    support = rows_of("support")
+    assert {row["intent"] for row in support} == SUPPORT_INTENTS
+    assert min(Counter(row["intent"] for row in support).values()) >= 10
+    emergencies = rows_of("emergencies")
+    assert {row["red_flag"] for row in emergencies} == RED_FLAGS
+    assert min(Counter(row["red_flag"] for row in emergencies).values()) >= 7
+    ordinary = rows_of("ordinary")
+    lookalikes = [row["lookalike"] for row in ordinary if row["lookalike"]]
+    assert set(lookalikes) == RED_FLAGS and len(lookalikes) >= len(ordinary) / 3
     # The ordinary questions must not trip the escalation check by themselves.
-    for row in read_probe_file(PROBES_DIR / "medical_ordinary.jsonl", ("question",)):
-        assert not m.escalates(row["question"])
+    for row in ordinary:
+        assert not m.escalates(row["question"]), row["id"]
+    injection = rows_of("injection")
+    kinds = {domain: {row["kind"] for row in injection if row["domain"] == domain} for domain in ("ecommerce", "medical")}
+    assert kinds["ecommerce"] >= {"leak", "persona", "policy", "security", "embedded", "obedience"}
+    assert kinds["medical"] >= {"leak", "persona", "policy", "privacy", "medication", "harm", "embedded", "obedience"}
+    out_of_scope = rows_of("out_of_scope")
+    assert {"health"} <= {row["kind"] for row in out_of_scope if row["domain"] == "ecommerce"}
+    assert {"shopping"} <= {row["kind"] for row in out_of_scope if row["domain"] == "medical"}
+
+
+def test_no_probe_is_a_training_sentence() -> None:
+    files = sorted(DATA_DIR.glob("*/*.jsonl"))
+    if not files:
+        pytest.skip("no generated dialogs in training/data")
+    seen = set()
+    for path in files:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                seen.update(normalised(msg["content"]) for msg in json.loads(line)["messages"] if msg["role"] == "user")
+    # The safety guard's own sets (bots/safety_eval) are tuned on: a probe must not be one of their lines either.
+    for path in sorted(SAFETY_SETS.glob("*.jsonl")):
+        seen.update(normalised(json.loads(line).get("text", "")) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    copied = [row["id"] for source in PROBE_SOURCES for row in rows_of(source.name) if normalised(row["question"]) in seen]
+    assert not copied
+
+
+def test_load_cases_keeps_one_split(tmp_path: Path) -> None:
+    everything = load_cases("ecommerce", data_dir=tmp_path)
+    dev = load_cases("ecommerce", data_dir=tmp_path, split="dev")
+    test = load_cases("ecommerce", data_dir=tmp_path, split="test")
+    assert set(everything.sources) == {"facts", "support", "out_of_scope", "injection"}  # no test.jsonl here: probes only
+    for name, cases in everything.sources.items():
+        assert len(dev.sources[name]) + len(test.sources[name]) == len(cases)
+        assert {c.info["split"] for c in dev.sources[name]} == {"dev"} and {c.info["split"] for c in test.sources[name]} == {"test"}
+    assert {c.info["topic"] for c in dev.sources["facts"]} == FACT_TOPICS == {c.info["topic"] for c in test.sources["facts"]}
+    assert len(load_cases("medical", limit=13, data_dir=tmp_path, split="test").sources["emergencies"]) == 13
+    with pytest.raises(ValueError):
+        load_cases("medical", data_dir=tmp_path, split="train")
+
+
+def test_a_bad_split_or_missing_spec_row_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "probes.jsonl"
+    path.write_text(json.dumps({"id": "x", "spec_row": "Returns", "split": "validation", "question": "q"}) + "\n")
+    with pytest.raises(ProbeFileError, match="split"):
+        read_probe_file(path, ("id", "spec_row", "split", "question"))
+    path.write_text(json.dumps({"id": "x", "spec_row": " ", "split": "dev", "question": "q"}) + "\n")
+    with pytest.raises(ProbeFileError, match="spec_row"):
+        read_probe_file(path, ("id", "spec_row", "split", "question"))

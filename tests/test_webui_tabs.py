@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator
+from itertools import permutations
 from pathlib import Path
 
+import gradio as gr
 import pytest
 from gradio_client import Client
 
@@ -14,11 +16,14 @@ from bots.bot import PromptOverride
 from prompts import FewShotExample, load_prompt_spec
 from tests.ui_server import ServedUI, serve_tiny_ui
 from webui.arena_tab import draw_pair
+from webui.compare_tab import PANES
 from webui.lab_tab import NO_CHANGES, few_shot_yaml
 from webui.votes import VoteStore, VoteStoreConfig
 
 SETTINGS = (16, 0.0, 0.95, 1.1, 0)  # max new tokens, temperature, top-p, repetition penalty, seed
 QUESTION = [{"role": "user", "content": "hello"}]
+NO_HISTORIES = [[] for _ in PANES]
+ECOMMERCE = ("ecommerce-lora", "ecommerce-prompt", "ecommerce-base")
 
 
 @pytest.fixture(scope="module")
@@ -44,40 +49,43 @@ def _transcript(history: list[dict]) -> list[tuple[str, str]]:
 # --- Side by side -------------------------------------------------------------------------------
 
 
-def test_side_by_side_streams_both_variants_of_a_domain_each_in_its_own_pane(served: ServedUI, client: Client) -> None:
-    job = client.submit("hello", "ecommerce", *SETTINGS, [], [], [], [], api_name="/compare")
+def test_side_by_side_streams_every_variant_of_a_domain_each_in_its_own_pane(served: ServedUI, client: Client) -> None:
+    assert PANES == ("ecommerce-lora", "ecommerce-prompt", "ecommerce-base", "medical-lora", "medical-prompt", "medical-base")
+    job = client.submit("hello", "ecommerce", *SETTINGS, *NO_HISTORIES, api_name="/compare")
     updates = list(job)
-    textbox, lora, prompt, medical_lora, medical_prompt, *stats = job.outputs()[-1]
+    textbox, *panes_and_stats = job.outputs()[-1]
+    panes, stats = dict(zip(PANES, panes_and_stats[: len(PANES)], strict=True)), panes_and_stats[len(PANES) :]
     assert len(updates) > 4 and textbox == ""
-    for name, pane in (("ecommerce-lora", lora), ("ecommerce-prompt", prompt)):
+    for name in ECOMMERCE:
         expected = served.runtime.bots[name].reply(QUESTION, _settings())
-        assert _transcript(pane) == [("user", "hello"), ("assistant", expected.text.strip())]  # the Chatbot strips
-    assert medical_lora == [] and medical_prompt == []
-    assert all("first token" in line and "tok/s" in line and "16 tokens" in line for line in stats[:2])
+        assert _transcript(panes[name]) == [("user", "hello"), ("assistant", expected.text.strip())]  # the Chatbot strips
+    assert panes["medical-lora"] == panes["medical-prompt"] == panes["medical-base"] == []
+    assert all("first token" in line and "tok/s" in line and "tokens" in line for line in stats[:3])
     # One after the other: the LoRA pane is done before the prompt pane starts, never both at once.
-    lora_stats, prompt_stats = [u[5] for u in updates], [u[6] for u in updates]
+    lora_stats, prompt_stats = [u[1 + len(PANES)] for u in updates], [u[2 + len(PANES)] for u in updates]
     started = prompt_stats.index("generating…")
     assert lora_stats[started].startswith("first token") and "generating…" in lora_stats[:started]
     assert prompt_stats[:started].count("waiting for the model…") == started
 
     # A second message: each pane sends its own history back.
-    second = client.predict("thanks", "ecommerce", *SETTINGS, lora, prompt, [], [], api_name="/compare")
-    assert [len(pane) for pane in second[1:5]] == [4, 4, 0, 0]
-    assert _transcript(second[1])[:2] == _transcript(lora)
+    histories = [panes[name] for name in ECOMMERCE] + [[], [], []]
+    second = client.predict("thanks", "ecommerce", *SETTINGS, *histories, api_name="/compare")
+    assert [len(pane) for pane in second[1 : 1 + len(PANES)]] == [4, 4, 4, 0, 0, 0]
+    assert _transcript(second[1])[:2] == _transcript(panes["ecommerce-lora"])
 
 
-def test_side_by_side_all_four_reports_an_unavailable_variant_in_its_pane(client: Client) -> None:
-    textbox, *panes_and_stats = client.predict("hi", "all", *SETTINGS, [], [], [], [], api_name="/compare")
-    panes, stats = panes_and_stats[:4], panes_and_stats[4:]
-    assert [len(pane) for pane in panes] == [2, 2, 0, 2]  # medical-lora has no adapter in the test set-up
-    assert "unavailable" in stats[2] and "tok/s" in stats[3]
+def test_side_by_side_all_variants_reports_an_unavailable_variant_in_its_pane(client: Client) -> None:
+    textbox, *panes_and_stats = client.predict("hi", "all", *SETTINGS, *NO_HISTORIES, api_name="/compare")
+    panes, stats = panes_and_stats[: len(PANES)], panes_and_stats[len(PANES) :]
+    assert [len(pane) for pane in panes] == [2, 2, 2, 0, 2, 2]  # medical-lora has no adapter in the test set-up
+    assert "unavailable" in stats[3] and "tok/s" in stats[4] and "tok/s" in stats[5]
     cleared = client.predict(api_name="/compare_clear")
-    assert list(cleared) == ["", [], [], [], [], "", "", "", ""]
+    assert list(cleared) == ["", *([] for _ in PANES), *("" for _ in PANES)]
 
 
 def test_side_by_side_refuses_an_empty_message_and_keeps_the_panes(client: Client) -> None:
     history = [{"role": role, "content": [{"type": "text", "text": text}]} for role, text in (("user", "hi"), ("assistant", "Hello!"))]
-    textbox, lora, prompt, *_ = client.predict("  ", "ecommerce", *SETTINGS, history, history, [], [], api_name="/compare")
+    textbox, lora, prompt, *_ = client.predict("  ", "ecommerce", *SETTINGS, history, history, *NO_HISTORIES[2:], api_name="/compare")
     assert _transcript(lora) == _transcript(prompt) == [("user", "hi"), ("assistant", "Hello!")]
 
 
@@ -86,8 +94,11 @@ def test_side_by_side_refuses_an_empty_message_and_keeps_the_panes(client: Clien
 
 def test_pairs_are_seeded_per_round_and_come_in_both_orders() -> None:
     assert draw_pair("ecommerce", 7) == draw_pair("ecommerce", 7)
-    orders = {draw_pair("ecommerce", seed) for seed in range(32)}
-    assert orders == {("ecommerce-lora", "ecommerce-prompt"), ("ecommerce-prompt", "ecommerce-lora")}
+    orders = {draw_pair("ecommerce", seed) for seed in range(64)}
+    assert orders == set(permutations(ECOMMERCE, 2))  # every pair of the domain's variants, in both orders
+    assert {draw_pair("medical", seed, ["medical-prompt", "medical-base"]) for seed in range(32)} == set(permutations(("medical-prompt", "medical-base")))
+    with pytest.raises(gr.Error):
+        draw_pair("medical", 1, ["medical-prompt"])
 
 
 def test_arena_round_vote_reveal_leaderboard_and_exports(served: ServedUI, client: Client) -> None:
@@ -105,7 +116,7 @@ def test_arena_round_vote_reveal_leaderboard_and_exports(served: ServedUI, clien
     vote = store.votes()[-1]
     assert len(store.votes()) == before + 1
     assert f"Model A** was `{vote.variant_a}`" in reveal and f"Model B** was `{vote.variant_b}`" in reveal
-    assert {vote.variant_a, vote.variant_b} == {"ecommerce-lora", "ecommerce-prompt"}
+    assert vote.variant_a != vote.variant_b and {vote.variant_a, vote.variant_b} <= set(ECOMMERCE)
     assert vote.outcome == "b" and "4111 1111 1111" not in vote.message and "****" in vote.message
     assert (vote.reply_a, vote.reply_b) == (_text(chat_a[1]), _text(chat_b[1]))  # as shown: stripped
     assert vote.settings["max_new_tokens"] == 16 and vote.round_seed > 0 and f"seed {vote.round_seed}" in reveal
@@ -123,9 +134,13 @@ def test_arena_round_vote_reveal_leaderboard_and_exports(served: ServedUI, clien
     assert len(store.votes()) == before + 1
 
 
-def test_arena_needs_both_variants_of_the_domain(client: Client) -> None:
-    chat_a, chat_b, textbox, status, reveal = client.predict("hi", "medical", *SETTINGS, api_name="/arena_send")
-    assert "medical-lora is unavailable" in status and textbox == "hi"
+def test_arena_leaves_an_unavailable_variant_out_of_the_draw(client: Client) -> None:
+    for _ in range(3):
+        chat_a, chat_b, textbox, status, reveal = client.predict("hi", "medical", *SETTINGS, api_name="/arena_send")
+        assert "which one is better" in status and textbox == ""
+        status, reveal, *_ = client.predict(api_name="/arena_vote_tie")
+        # medical-lora has no adapter in the test set-up: the available two meet.
+        assert "medical-lora" not in reveal and "`medical-prompt`" in reveal and "`medical-base`" in reveal
 
 
 # --- Prompt lab ---------------------------------------------------------------------------------

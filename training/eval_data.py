@@ -3,8 +3,10 @@
 A domain's evaluation *sources* are its test split (``training/data/<domain>/test.jsonl``) and
 its probe files (``training/probes/*.jsonl``, described in ``training/probes/README.md``).
 ``load_cases`` reads them, checks the fields each file needs and, with a limit, keeps an evenly
-spread subset so that a small run still covers every topic and red flag. Used by
-``training.evaluate``; no command of its own.
+spread subset so that a small run still covers every topic and red flag. Every probe carries a
+``split`` (``dev`` for looking at while tuning prompts and data, ``test`` for the reported
+comparison) and the ``spec_row`` it tests; ``load_cases(..., split="dev")`` keeps one split of the
+probes (the test-split dialogs are always kept). Used by ``training.evaluate``; no command of its own.
 """
 
 from __future__ import annotations
@@ -33,16 +35,38 @@ class ProbeSource:
     file: str
     domains: tuple[str, ...]
     fields: tuple[str, ...]
+    group: str = ""
+    """The field that groups the file's probes (topic, intent, red flag, kind): each group has probes in both splits."""
+
+    def group_of(self, row: dict[str, Any]) -> str:
+        """The probe's group, per domain where the file serves both (``ecommerce/leak``); a null look-alike is ``none``."""
+        value = str(row.get(self.group) or "none")
+        return f"{row['domain']}/{value}" if "domain" in row else value
 
 
 PROBE_SOURCES: tuple[ProbeSource, ...] = (
-    ProbeSource("facts", "ecommerce_facts.jsonl", ("ecommerce",), ("id", "topic", "question", "expected")),
-    ProbeSource("emergencies", "medical_emergencies.jsonl", ("medical",), ("id", "red_flag", "question")),
-    ProbeSource("ordinary", "medical_ordinary.jsonl", ("medical",), ("id", "topic", "question")),
-    ProbeSource("out_of_scope", "out_of_scope.jsonl", ("ecommerce", "medical"), ("id", "domain", "question")),
-    ProbeSource("injection", "injection.jsonl", ("ecommerce", "medical"), ("id", "domain", "question", "forbidden")),
+    ProbeSource("facts", "ecommerce_facts.jsonl", ("ecommerce",), ("id", "topic", "spec_row", "split", "question", "expected"), "topic"),
+    ProbeSource(
+        "support", "ecommerce_support.jsonl", ("ecommerce",), ("id", "intent", "spec_row", "split", "question", "expected"), "intent"
+    ),
+    ProbeSource("emergencies", "medical_emergencies.jsonl", ("medical",), ("id", "red_flag", "spec_row", "split", "question"), "red_flag"),
+    ProbeSource(
+        "ordinary", "medical_ordinary.jsonl", ("medical",), ("id", "topic", "lookalike", "spec_row", "split", "question"), "lookalike"
+    ),
+    ProbeSource(
+        "out_of_scope", "out_of_scope.jsonl", ("ecommerce", "medical"), ("id", "domain", "kind", "spec_row", "split", "question"), "kind"
+    ),
+    ProbeSource(
+        "injection",
+        "injection.jsonl",
+        ("ecommerce", "medical"),
+        ("id", "domain", "kind", "spec_row", "split", "question", "forbidden"),
+        "kind",
+    ),
 )
 TEST_SOURCE = "test"
+SPLITS = ("dev", "test")
+"""The probe splits: ``dev`` (about 40% of every group) to look at while tuning, ``test`` (the rest) to report."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +128,10 @@ def read_probe_file(path: Path, fields: tuple[str, ...]) -> list[dict[str, Any]]
         for key in ("expected", "forbidden"):
             if key in row and (not isinstance(row[key], list) or not row[key] or not all(isinstance(p, str) for p in row[key])):
                 raise ProbeFileError(f"{path}:{number}: '{key}' must be a non-empty list of regular expressions")
+        if "split" in row and row["split"] not in SPLITS:
+            raise ProbeFileError(f"{path}:{number}: 'split' must be one of {', '.join(SPLITS)}, not {row['split']!r}")
+        if "spec_row" in row and (not isinstance(row["spec_row"], str) or not row["spec_row"].strip()):
+            raise ProbeFileError(f"{path}:{number}: 'spec_row' must name the spec row or rule the probe tests")
         rows.append(row)
     return rows
 
@@ -120,8 +148,12 @@ def probe_to_case(source: str, row: dict[str, Any]) -> EvalCase:
     return EvalCase(source, str(row["id"]), ({"role": "user", "content": row["question"]},), None, info)
 
 
-def load_cases(domain: str, limit: int | None = None, data_dir: Path | None = None, probes_dir: Path | None = None) -> DomainCases:
-    """The test split and probe sets of ``domain``, each capped at ``limit`` cases."""
+def load_cases(
+    domain: str, limit: int | None = None, data_dir: Path | None = None, probes_dir: Path | None = None, split: str | None = None
+) -> DomainCases:
+    """The test split and probe sets of ``domain``, each capped at ``limit`` cases; ``split`` keeps only that split's probes (None: all)."""
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)} or None, not {split!r}")
     data_dir = data_dir or DATA_DIR
     probes_dir = probes_dir or PROBES_DIR
     result = DomainCases(domain, {}, [])
@@ -137,7 +169,11 @@ def load_cases(domain: str, limit: int | None = None, data_dir: Path | None = No
         if domain not in probe.domains:
             continue
         path = probes_dir / probe.file
-        rows = [row for row in read_probe_file(path, probe.fields) if row.get("domain", domain) == domain]
+        rows = [
+            row
+            for row in read_probe_file(path, probe.fields)
+            if row.get("domain", domain) == domain and (split is None or row["split"] == split)
+        ]
         result.sources[probe.name] = spread([probe_to_case(probe.name, row) for row in rows], limit)
         result.files.append(path)
     return result

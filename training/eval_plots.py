@@ -1,4 +1,4 @@
-"""The evaluation's PNG plots: per-metric bar charts by variant for each domain, and quality vs latency.
+"""The evaluation's PNG plots: per-metric bar charts by variant for each domain, and quality vs latency, with 95% error bars.
 
 ``write_plots(results, out_dir)`` draws from a results dict (the content of ``results.json``)
 and returns ``{"ecommerce": path, "medical": path, "scatter": path}`` for the domains present.
@@ -16,11 +16,11 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 
-from training.eval_report import DOMAIN_ORDER, arrow, domain_title, entries_of  # noqa: E402
+from training.eval_report import DOMAIN_ORDER, arrow, domain_title, entries_of, interval_of  # noqa: E402
 from training.metrics import format_value, metrics_for  # noqa: E402
 
 Results = dict[str, Any]
-METHOD_COLOURS = {"lora": "tab:orange", "prompt": "tab:blue"}
+METHOD_COLOURS = {"lora": "tab:orange", "prompt": "tab:blue", "base": "tab:gray"}
 HEADLINE = {"ecommerce": "fact_accuracy", "medical": "escalation_first_rate"}
 """The quality metric each domain is mostly about (the scatter's y axis)."""
 COLUMNS = 5
@@ -31,30 +31,41 @@ def _style(results: Results, entry: str) -> dict[str, Any]:
     return {"color": METHOD_COLOURS.get(info["method"], "grey"), "hatch": "//" if info.get("guard") else None, "edgecolor": "black", "linewidth": 0.5}
 
 
+def _error(results: Results, entry: str, key: str, value: float | None, scale: float) -> list[list[float]] | None:
+    """matplotlib's asymmetric error: [[below], [above]] of the 95% interval, None without one."""
+    interval = interval_of(results, entry, key)
+    if value is None or not interval:
+        return None
+    return [[max(0.0, value - interval["ci_low"]) * scale], [max(0.0, interval["ci_high"] - value) * scale]]
+
+
 def plot_domain(results: Results, domain: str, path: Path) -> Path:
-    """One small bar chart per metric of the domain, one bar per entry; the arrow says which way is better."""
+    """One small bar chart per metric of the domain, one bar per entry with its 95% interval; the arrow says which way is better."""
     names = entries_of(results, domain)
     specs = metrics_for(domain)
     rows = math.ceil(len(specs) / COLUMNS)
-    figure, axes = plt.subplots(rows, COLUMNS, figsize=(3.0 * COLUMNS, 2.6 * rows), dpi=100, squeeze=False)
+    figure, axes = plt.subplots(rows, COLUMNS, figsize=(3.0 * COLUMNS, 2.9 * rows), dpi=100, squeeze=False)
     for axis, spec in zip(axes.flat, specs, strict=False):
         values = [results["variants"][name].get(spec.key) for name in names]
+        scale = 100 if spec.kind == "rate" else 1
         for index, (name, value) in enumerate(zip(names, values, strict=True)):
-            height = 0.0 if value is None else value * (100 if spec.kind == "rate" else 1)
-            axis.bar(index, height, **_style(results, name))
-            axis.text(index, height, format_value(spec, value), ha="center", va="bottom", fontsize=7)
+            height = 0.0 if value is None else value * scale
+            error = _error(results, name, spec.key, value, scale)
+            axis.bar(index, height, yerr=error, capsize=2, error_kw={"elinewidth": 0.8, "ecolor": "black"}, **_style(results, name))
+            top = height + (error[1][0] if error else 0.0)
+            axis.text(index, top, format_value(spec, value), ha="center", va="bottom", fontsize=7)
         axis.set_title(f"{spec.label} {arrow(spec)}".strip(), fontsize=9)
-        axis.set_xticks(range(len(names)), [name.replace(f"{domain}-", "") for name in names], fontsize=7)
+        axis.set_xticks(range(len(names)), [name.replace(f"{domain}-", "") for name in names], fontsize=7, rotation=30, ha="right")
         axis.tick_params(axis="y", labelsize=7)
         if spec.kind == "rate":
-            axis.set_ylim(0, 112)
+            axis.set_ylim(0, 118)
             axis.set_ylabel("%", fontsize=7)
         else:
             axis.margins(y=0.2)
         axis.grid(axis="y", alpha=0.3)
     for axis in list(axes.flat)[len(specs):]:
         axis.axis("off")
-    figure.suptitle(f"{domain_title(domain)}: LoRA (orange) vs prompt (blue); hatched = with guard", fontsize=11)
+    figure.suptitle(f"{domain_title(domain)}: LoRA (orange), prompt (blue), base control (grey); hatched = with guard; bars: 95% intervals", fontsize=11)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
@@ -78,7 +89,10 @@ def plot_quality_vs_latency(results: Results, path: Path) -> Path:
             quality = values.get(key)
             if quality is None:
                 continue
-            axis.scatter(latency, quality, **style)
+            error = _error(results, name, key, quality, 1.0)
+            if error:
+                axis.errorbar(latency, quality, yerr=error, fmt="none", ecolor="grey", elinewidth=0.8, capsize=2, zorder=1)
+            axis.scatter(latency, quality, zorder=2, **style)
             axis.annotate(name, (latency, quality), fontsize=7, xytext=(5, 4), textcoords="offset points")
     left.set_ylabel("headline metric (share of probes)")
     left.set_title("fact accuracy (e-commerce) / escalation first (medical)", fontsize=9)
@@ -89,7 +103,7 @@ def plot_quality_vs_latency(results: Results, path: Path) -> Path:
         axis.set_xlabel("mean reply latency (s)")
         axis.grid(alpha=0.3)
         axis.margins(x=0.25)
-    figure.suptitle("Quality against latency (orange LoRA, blue prompt; circle e-commerce, square medical; hollow = with guard)", fontsize=10)
+    figure.suptitle("Quality against latency (orange LoRA, blue prompt, grey base; circle e-commerce, square medical; hollow = with guard)", fontsize=10)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)

@@ -1,22 +1,34 @@
-"""Evaluate the four variants on their domain's test split and probe sets; write a report.
+"""Evaluate every variant (LoRA, prompt template, bare-base control) on its domain's cases; write a report.
 
-    python -m training.evaluate                                   # every available variant
+    python -m training.evaluate                                   # every variant, test split, fast backend
     python -m training.evaluate --variants ecommerce-prompt,medical-prompt --limit 3 --out /tmp/evaltest
-    python -m training.evaluate --limit 12 --no-guard --max-new-tokens 128 --threads 2
+    python -m training.evaluate --backend transformers --split all --limit 12 --no-guard
 
 Each selected variant answers greedily (reproducible) every case of its domain: the test split
-(the dialog's last assistant turn is the reference, earlier turns are the history) and the
-probe sets in ``training/probes/``. ``--limit N`` keeps N evenly spread cases per source, which
-keeps a real-model run affordable on a CPU. A LoRA variant whose adapter is missing is skipped
-with the reason in the report. Where the bots have safety guards (``Bot.stream(..., guard=)``:
-emergency escalation first, canned replies to injections and off-topic requests), every variant
-is reported twice: the model alone (``guard=False``) and ``<variant>+guard``; ``--no-guard``
-keeps only the model alone. A guard that does not act leaves the reply unchanged (greedy
-decoding), so such a reply is generated once and counted for both.
+of the dialogs (the dialog's last assistant turn is the reference, earlier turns are the
+history) and the probe sets in ``training/probes/`` (``--split``: the probes' ``test`` split by
+default, ``dev`` or ``all``). ``--limit N`` keeps N evenly spread cases per source. A LoRA
+variant whose adapter is missing is skipped with the reason in the report. Where the bots have
+safety guards (``Bot.stream(..., guard=)``), every variant is reported twice: the model alone
+(``guard=False``) and ``<variant>+guard``; ``--no-guard`` keeps only the model alone. A guard that
+does not act leaves the reply unchanged (greedy decoding), so such a reply is generated once and
+counted for both.
+
+Backends: the fast one by default (llama.cpp when installed, as ``auto`` chooses), with
+``--parallel`` replies in flight (the backend's lanes); ``--backend transformers`` is the
+reference, one reply at a time. Reference perplexity comes from the backend's own logits
+(teacher-forced: llama.cpp's, or the reference's); a backend that cannot score tokens leaves it
+out and the report says so.
+
+Statistics (``training.stats``): both variants of a comparison answer the same cases, and every
+reply is kept with its per-case outcome, so the comparisons are paired by case id: an exact
+McNemar test for rates, a paired bootstrap for the continuous metrics. Every value carries a 95%
+interval (Wilson for rates, bootstrap otherwise).
 
 Writes into ``--out`` (default ``training/reports/``): ``results.json``, ``report.md``,
-``replies.jsonl`` (every reply with its checks) and PNG plots. The metrics are defined in
-``training.metrics``; the report in ``training.eval_report``; the plots in ``training.eval_plots``.
+``replies.jsonl`` (every reply with its checks and per-case scores) and PNG plots. The metrics
+are defined in ``training.metrics``; the report in ``training.eval_report``; the plots in
+``training.eval_plots``.
 """
 
 from __future__ import annotations
@@ -29,31 +41,55 @@ import math
 import os
 import platform
 import sys
+import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
+from bots.backends import BACKEND_NAMES, choose_backend
 from bots.base_model import BaseModelSpec, file_sha256
+from bots.base_source import BaseModelError
 from bots.bot import Bot
 from bots.cli_args import CommandParser
 from bots.conversation import clean_conversation
 from bots.generation import GenerationSettings
 from bots.registry import VARIANTS, Runtime, get_runtime
 from training import metrics as m
+from training import stats
 from training.dialogs import DATA_DIR
-from training.eval_data import PROBES_DIR, TEST_SOURCE, DomainCases, EvalCase, load_cases
+from training.eval_data import PROBES_DIR, SPLITS, TEST_SOURCE, DomainCases, EvalCase, load_cases
 from training.eval_plots import write_plots
 from training.eval_report import write_report
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "reports"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GUARD_SUFFIX = "+guard"
+SPLIT_CHOICES = (*SPLITS, "all")
+METHOD_ORDER = ("lora", "prompt", "base")
+"""Column and comparison order: each method, then the control."""
+CONTROL_METHOD = "base"
+
+RATE_CHECKS: dict[str, tuple[str, str]] = {
+    "fact_accuracy": ("facts", "states_fact"),
+    "support_policy_rate": ("support", "gives_policy"),
+    "emergency_escalation_rate": ("emergencies", "escalates"),
+    "escalation_first_rate": ("emergencies", "escalates_first"),
+    "false_alarm_rate": ("ordinary", "raises_alarm"),
+    "clinician_referral_rate": ("ordinary", "refers_to_clinician"),
+    "disclaimer_rate": ("ordinary", "has_disclaimer"),
+    "out_of_scope_redirect_rate": ("out_of_scope", "redirects"),
+    "injection_resistance_rate": ("injection", "resists_injection"),
+}
+"""Each rate metric's source and the per-reply check (in ``ReplyRecord.checks``) it is the share of."""
 
 
 @dataclass(frozen=True)
@@ -70,10 +106,19 @@ class EvalConfig:
     data_dir: Path = DATA_DIR
     probes_dir: Path = PROBES_DIR
     progress: bool = True
+    split: str = "test"
+    """Which probes: 'dev', 'test' (the reported comparison) or 'all'. The test-split dialogs are always in."""
+    parallel: int = 0
+    """Replies in flight at once; 0: as many as the backend generates together (its lanes)."""
+    resamples: int = stats.DEFAULT_RESAMPLES
+    """Bootstrap resamples for intervals and paired tests (seeded)."""
 
     def settings(self) -> GenerationSettings:
         # Greedy: the run is reproducible and the variants are compared on their best guess.
         return GenerationSettings(max_new_tokens=self.max_new_tokens, temperature=0.0).validate()
+
+    def probe_split(self) -> str | None:
+        return None if self.split == "all" else self.split
 
 
 @dataclass(frozen=True)
@@ -96,7 +141,7 @@ class Plan:
 
 @dataclass
 class ReplyRecord:
-    """One generated reply, its timings and the per-reply checks of its source."""
+    """One generated reply, its timings, the per-reply checks of its source and its per-case scores."""
 
     entry: str
     source: str
@@ -112,12 +157,28 @@ class ReplyRecord:
     checks: dict[str, bool] = field(default_factory=dict)
     guard_acted: bool | None = None
     """Whether a guard changed this reply (its note); None when no guard ran or it cannot tell."""
+    triage: dict[str, Any] | None = None
+    """The emergency guard's decision (medical variants, guards on): tier, by (rules / detector), score."""
     error: str = ""
+    rouge_l: float | None = None
+    """ROUGE-L F1 against the reference (test-split dialogs)."""
+    reference_nll: float | None = None
+    """Summed NLL of the reference answer under the variant (test-split dialogs; the guard does not change it)."""
+    reference_tokens: int | None = None
+
+    @property
+    def key(self) -> str:
+        """The pairing key: the same case of the same source, whatever the entry."""
+        return f"{self.source}/{self.case_id}"
 
 
 def supports_guard(bot: Bot) -> bool:
     """Whether this code base's Bot.stream takes a ``guard`` argument (the safety guard exists)."""
     return "guard" in inspect.signature(bot.stream).parameters
+
+
+def method_rank(method: str) -> int:
+    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
 
 
 def plan_entries(runtime: Runtime, config: EvalConfig) -> Plan:
@@ -152,50 +213,42 @@ def plan_entries(runtime: Runtime, config: EvalConfig) -> Plan:
 
 
 def generate(bot: Bot, entry: Entry, case: EvalCase, settings: GenerationSettings) -> ReplyRecord:
-    """One greedy reply; a failure is recorded on the record instead of ending the whole run."""
+    """One greedy reply; a failure is recorded on the record (scored as an empty reply) instead of ending the run."""
     record = ReplyRecord(entry.name, case.source, case.case_id, case.question, "", case.reference, 0, 0, 0.0, 0.0, 0.0)
     kwargs: dict[str, Any] = {} if entry.guard is None else {"guard": entry.guard}
     try:
         stream = bot.stream(list(case.conversation), settings, **kwargs).consume()
-    except Exception as exc:  # one bad case must not cost a 25-minute run; it is counted in the report
+    except Exception as exc:  # one bad case must not cost a long run; it is counted in the report
         record.error = f"{type(exc).__name__}: {exc}"
         traceback.print_exc(file=sys.stderr)
+        score_reply(record, case, bot.spec.domain)
         return record
-    stats = stream.stats
+    stats_ = stream.stats
     record.reply = stream.text
-    record.prompt_tokens, record.new_tokens = stats.prompt_tokens, stats.new_tokens
-    record.ttft_s, record.latency_s, record.decode_tokens_per_s = stats.ttft_s, stats.latency_s, stats.decode_tokens_per_s
-    record.checks = case_checks(case, stream.text, bot.spec.domain)
+    record.prompt_tokens, record.new_tokens = stats_.prompt_tokens, stats_.new_tokens
+    record.ttft_s, record.latency_s, record.decode_tokens_per_s = stats_.ttft_s, stats_.latency_s, stats_.decode_tokens_per_s
+    score_reply(record, case, bot.spec.domain)
     if entry.guard:
         note = getattr(stream, "guard_note", None)
         record.guard_acted = None if note is None else bool(note)
+        triage = getattr(stream, "triage", None)
+        record.triage = triage.record() if triage else None
     return record
 
 
-def run_variant(bot: Bot, entries: Sequence[Entry], cases: Sequence[EvalCase], settings: GenerationSettings, bar: tqdm) -> dict[str, list[ReplyRecord]]:
-    """Replies of one variant for its entries (model alone and/or '+guard').
-
-    The guarded reply comes first: where the guard did not act, the model-alone reply is the
-    same greedy reply, so it is reused instead of generated again.
-    """
-    alone = next((e for e in entries if not e.guard), None)
-    guarded = next((e for e in entries if e.guard), None)
-    records: dict[str, list[ReplyRecord]] = {e.name: [] for e in entries}
-    for case in cases:
-        first = generate(bot, guarded, case, settings) if guarded else None
-        if first:
-            records[guarded.name].append(first)
-        if alone:
-            reuse = first is not None and first.guard_acted is False and not first.error
-            records[alone.name].append(replace(first, entry=alone.name, guard_acted=None) if reuse else generate(bot, alone, case, settings))
-        bar.update(1)
-    return records
+def score_reply(record: ReplyRecord, case: EvalCase, domain: str) -> None:
+    """The per-case outcomes of one reply: its source's checks, and ROUGE-L where there is a reference."""
+    record.checks = case_checks(case, record.reply, domain)
+    if case.reference is not None:
+        record.rouge_l = m.rouge_l(record.reply, case.reference)
 
 
 def case_checks(case: EvalCase, reply: str, domain: str) -> dict[str, bool]:
-    """The per-reply checks of the case's source (kept in replies.jsonl for inspection)."""
+    """The per-reply checks of the case's source (kept in replies.jsonl; the rates are their shares)."""
     if case.source == "facts":
         return {"states_fact": m.states_fact(reply, case.info["expected"])}
+    if case.source == "support":
+        return {"gives_policy": m.states_fact(reply, case.info["expected"])}
     if case.source == "emergencies":
         return {"escalates": m.escalates(reply), "escalates_first": m.escalates_first(reply)}
     if case.source == "ordinary":
@@ -207,22 +260,88 @@ def case_checks(case: EvalCase, reply: str, domain: str) -> dict[str, bool]:
     return {}
 
 
-def reference_scores(bot: Bot, cases: Sequence[EvalCase]) -> list[tuple[float, int]]:
-    """Summed NLL and token count of each reference answer after the variant's full prompt and history."""
+class Progress:
+    """A thread-safe tqdm bar over every step of the run (replies and reference scorings), with an ETA."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.bar = tqdm(total=total, unit="case", disable=not enabled, file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+        self._lock = threading.Lock()
+
+    def step(self, description: str | None = None) -> None:
+        with self._lock:
+            if description is not None:
+                self.bar.set_description(description, refresh=False)
+            self.bar.update(1)
+
+    def describe(self, description: str) -> None:
+        with self._lock:
+            self.bar.set_description(description)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_variant(
+    bot: Bot, entries: Sequence[Entry], cases: Sequence[EvalCase], settings: GenerationSettings, progress: Progress, parallel: int = 1
+) -> dict[str, list[ReplyRecord]]:
+    """Replies of one variant for its entries (model alone and/or '+guard'), in case order.
+
+    The guarded reply comes first: where the guard did not act, the model-alone reply is the
+    same greedy reply, so it is reused instead of generated again. With ``parallel`` > 1 that
+    many cases are in flight at once (the llama.cpp backend batches them; replies stay the same).
+    """
+    alone = next((e for e in entries if not e.guard), None)
+    guarded = next((e for e in entries if e.guard), None)
+
+    def one(case: EvalCase) -> list[ReplyRecord]:
+        out = []
+        first = generate(bot, guarded, case, settings) if guarded else None
+        if first:
+            out.append(first)
+        if alone:
+            reuse = first is not None and first.guard_acted is False and not first.error
+            out.append(replace(first, entry=alone.name, guard_acted=None, triage=None) if reuse else generate(bot, alone, case, settings))
+        progress.step()
+        return out
+
+    if parallel > 1:
+        with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="evaluate") as pool:
+            per_case = list(pool.map(one, cases))
+    else:
+        per_case = [one(case) for case in cases]
+    records: dict[str, list[ReplyRecord]] = {e.name: [] for e in entries}
+    for replies in per_case:
+        for record in replies:
+            records[record.entry].append(record)
+    return records
+
+
+def can_score(bot: Bot) -> bool:
+    """Whether the backbone can score a given continuation (teacher-forced NLL)."""
+    return callable(getattr(bot.backbone, "continuation_nll", None))
+
+
+def reference_scores(bot: Bot, cases: Sequence[EvalCase], progress: Progress | None = None) -> dict[str, tuple[float, int]]:
+    """Summed NLL and token count of each reference answer after the variant's full prompt and history, by case id."""
     backbone = bot.backbone
-    scores = []
+    scores: dict[str, tuple[float, int]] = {}
     for case in cases:
+        if progress:
+            progress.step()
         if not case.reference:
             continue
         prompt_ids = backbone.encode(bot.render(clean_conversation(list(case.conversation))))
-        answer_ids = backbone.tokenizer.encode(case.reference, add_special_tokens=False)
+        answer_ids = backbone.encode_text(case.reference)
         if not answer_ids or len(prompt_ids) + len(answer_ids) > backbone.context_tokens:
             continue  # does not fit the context: left out rather than truncated
-        scores.append(backbone.continuation_nll(prompt_ids, answer_ids, bot.adapter))
+        try:
+            scores[case.case_id] = backbone.continuation_nll(prompt_ids, answer_ids, bot.adapter)
+        except Exception:  # noqa: BLE001  a failed scoring leaves one case out of the perplexity, not the run
+            traceback.print_exc(file=sys.stderr)
     return scores
 
 
-def score_entry(domain: str, records: Sequence[ReplyRecord], cases: DomainCases, nll: Sequence[tuple[float, int]]) -> dict[str, float | None]:
+def score_entry(domain: str, records: Sequence[ReplyRecord], cases: DomainCases) -> dict[str, float | None]:
     """Every metric of the domain from the entry's replies (failed replies count as empty)."""
     by_source: dict[str, list[ReplyRecord]] = {}
     for record in records:
@@ -236,6 +355,7 @@ def score_entry(domain: str, records: Sequence[ReplyRecord], cases: DomainCases,
         return [info[(source, r.case_id)].info[key] for r in by_source.get(source, [])]
 
     ok = [r for r in records if not r.error]
+    nll = [(r.reference_nll, r.reference_tokens or 0) for r in by_source.get(TEST_SOURCE, []) if r.reference_nll is not None]
     values: dict[str, float | None] = {
         "out_of_scope_redirect_rate": m.out_of_scope_redirect_rate(replies("out_of_scope"), domain),
         "injection_resistance_rate": m.injection_resistance_rate(replies("injection"), field_of("injection", "forbidden")),
@@ -249,6 +369,7 @@ def score_entry(domain: str, records: Sequence[ReplyRecord], cases: DomainCases,
     }
     if domain == "ecommerce":
         values["fact_accuracy"] = m.fact_accuracy(replies("facts"), field_of("facts", "expected"))
+        values["support_policy_rate"] = m.support_policy_rate(replies("support"), field_of("support", "expected"))
     if domain == "medical":
         values["emergency_escalation_rate"] = m.emergency_escalation_rate(replies("emergencies"))
         values["escalation_first_rate"] = m.escalation_first_rate(replies("emergencies"))
@@ -263,6 +384,121 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+# --------------------------------------------------------------------------- per-case outcomes and statistics
+
+Outcomes = dict[str, Any]
+"""Per-case values of one metric for one entry, keyed by ``ReplyRecord.key``: bool (rates), float, or (nll, tokens)."""
+
+_CONTINUOUS: dict[str, Callable[[ReplyRecord], Any]] = {
+    "mean_reply_words": lambda r: float(len(m.words(r.reply))),
+    "ttft_s": lambda r: r.ttft_s,
+    "latency_s": lambda r: r.latency_s,
+    "decode_tokens_per_s": lambda r: r.decode_tokens_per_s if r.decode_tokens_per_s > 0 else None,
+    "prompt_tokens": lambda r: float(r.prompt_tokens),
+}
+
+
+def case_outcomes(key: str, records: Sequence[ReplyRecord]) -> Outcomes:
+    """The per-case values behind one metric of one entry; their aggregate is the reported value."""
+    if key in RATE_CHECKS:
+        source, check = RATE_CHECKS[key]
+        return {r.key: bool(r.checks.get(check, False)) for r in records if r.source == source}
+    if key == "rouge_l_f1":
+        return {r.key: r.rouge_l for r in records if r.source == TEST_SOURCE and r.rouge_l is not None}
+    if key == "perplexity":
+        return {r.key: (r.reference_nll, r.reference_tokens) for r in records if r.source == TEST_SOURCE and r.reference_nll is not None}
+    if key in _CONTINUOUS:
+        values = {r.key: _CONTINUOUS[key](r) for r in records if not r.error}
+        return {case: value for case, value in values.items() if value is not None}
+    return {}
+
+
+def statistic_of(key: str) -> stats.Statistic:
+    return stats.ratio_perplexity if key == "perplexity" else stats.mean_statistic
+
+
+def interval(spec: m.MetricSpec, outcomes: Outcomes, value: float | None, resamples: int) -> dict[str, Any] | None:
+    """The reported value with its 95% interval and the number of cases behind it; None when there are none."""
+    if not outcomes or value is None:
+        return None
+    values = list(outcomes.values())
+    if spec.key in RATE_CHECKS:
+        low, high = stats.wilson_interval(sum(bool(v) for v in values), len(values))
+        method = "wilson"
+    else:
+        low, high = stats.bootstrap_interval(np.asarray(values, dtype=np.float64), statistic_of(spec.key), resamples)
+        method = "bootstrap"
+    # The point estimate always lies inside (a percentile bound can miss it by rounding only).
+    return {"value": value, "ci_low": min(low, value), "ci_high": max(high, value), "n": len(values), "method": method}
+
+
+def compare_entries(spec: m.MetricSpec, a: str, b: str, first: Outcomes, second: Outcomes, resamples: int) -> dict[str, Any] | None:
+    """A against B on one metric, over the cases both answered (paired by case id)."""
+    cases = sorted(set(first) & set(second))
+    if not cases:
+        return None
+    if spec.key in RATE_CHECKS:
+        x, y = [bool(first[c]) for c in cases], [bool(second[c]) for c in cases]
+        result = stats.paired_binary(x, y, resamples=resamples)
+        a_value, b_value = sum(x) / len(x), sum(y) / len(y)
+    else:
+        x_arr = np.asarray([first[c] for c in cases], dtype=np.float64)
+        y_arr = np.asarray([second[c] for c in cases], dtype=np.float64)
+        statistic = statistic_of(spec.key)
+        result = stats.paired_bootstrap(x_arr, y_arr, statistic, resamples=resamples)
+        a_value, b_value = float(statistic(x_arr[None])[0]), float(statistic(y_arr[None])[0])
+    better = None
+    if result.significant and spec.higher_is_better is not None and result.difference != 0:
+        better = a if (result.difference > 0) == spec.higher_is_better else b
+    return {
+        "a": a, "b": b, "metric": spec.key, "a_value": a_value, "b_value": b_value,
+        "difference": result.difference, "ci_low": result.ci_low, "ci_high": result.ci_high,
+        "p_value": result.p_value, "significant": result.significant, "test": result.test, "n": result.n, "better": better,
+    }  # fmt: skip
+
+
+def comparison_pairs(entries: Sequence[Entry]) -> list[tuple[Entry, Entry]]:
+    """The pairs compared in a domain: the methods among themselves and against the control (model alone;
+    with the guards), and each variant with its guard against itself alone."""
+
+    def order(entry: Entry) -> tuple[int, str]:
+        return method_rank(VARIANTS[entry.variant].method), entry.name
+
+    alone = sorted((e for e in entries if not e.guard), key=order)
+    guarded = sorted((e for e in entries if e.guard), key=order)
+    pairs = list(combinations(alone, 2)) + list(combinations(guarded, 2))
+    pairs += [(g, a) for a in alone for g in guarded if g.variant == a.variant]
+    return pairs
+
+
+def statistics(
+    plan: Plan, records: dict[str, list[ReplyRecord]], values: dict[str, dict[str, float | None]], resamples: int
+) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """Per entry and metric the value with its interval; per domain the paired comparisons."""
+    intervals: dict[str, dict[str, Any]] = {}
+    outcomes: dict[str, dict[str, Outcomes]] = {}
+    by_domain: dict[str, list[Entry]] = {}
+    for entry in plan.entries:
+        domain = VARIANTS[entry.variant].domain
+        by_domain.setdefault(domain, []).append(entry)
+        outcomes[entry.name] = {spec.key: case_outcomes(spec.key, records.get(entry.name, [])) for spec in m.metrics_for(domain)}
+        intervals[entry.name] = {
+            spec.key: interval(spec, outcomes[entry.name][spec.key], values[entry.name].get(spec.key), resamples) for spec in m.metrics_for(domain)
+        }
+    comparisons: dict[str, list[dict[str, Any]]] = {}
+    for domain, entries in by_domain.items():
+        rows = []
+        for first, second in comparison_pairs(entries):
+            for spec in m.metrics_for(domain):
+                if spec.higher_is_better is None:
+                    continue  # descriptive (reply length): no side wins
+                row = compare_entries(spec, first.name, second.name, outcomes[first.name][spec.key], outcomes[second.name][spec.key], resamples)
+                if row:
+                    rows.append(row)
+        comparisons[domain] = rows
+    return intervals, comparisons
+
+
 # --------------------------------------------------------------------------- provenance
 
 
@@ -271,6 +507,20 @@ def _relative(path: Path) -> str:
         return str(path.resolve().relative_to(REPO_ROOT))
     except ValueError:
         return str(path)
+
+
+def perplexity_source(runtime: Runtime, scored: bool) -> dict[str, Any]:
+    """Where the perplexity came from (results.json meta 'perplexity')."""
+    backend = runtime.backbone.backend
+    if not scored:
+        return {"backend": None, "note": f"n/a on {backend or 'this backend'} (it cannot score tokens): run --backend transformers"}
+    if backend == "transformers":
+        return {"backend": backend, "note": "teacher-forced logits of the transformers reference (fp32)"}
+    return {
+        "backend": backend,
+        "note": f"teacher-forced logits of {backend} (8-bit activations against the fp32 reference: close, not equal; "
+        "--backend transformers gives the reference's)",
+    }
 
 
 def build_meta(runtime: Runtime, config: EvalConfig, plan: Plan, cases: dict[str, DomainCases]) -> dict[str, Any]:
@@ -284,6 +534,9 @@ def build_meta(runtime: Runtime, config: EvalConfig, plan: Plan, cases: dict[str
             adapters[entry.variant] = {"path": _relative(Path(path)), "sha256": file_sha256(weights) if weights.is_file() else None}
     data = {_relative(path): file_sha256(path) for domain in cases.values() for path in domain.files}
     base = runtime.backbone.base
+    split_note = (
+        f"Probes of the {config.split} split" if config.split != "all" else "Probes of both splits (dev and test)"
+    ) + "; the test-split dialogs (ROUGE-L, perplexity) are in every run."
     return {
         "base_model": {"name": base.name, "fingerprint": base.fingerprint},
         "adapters": adapters,
@@ -296,6 +549,8 @@ def build_meta(runtime: Runtime, config: EvalConfig, plan: Plan, cases: dict[str
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
         },
+        "backend": runtime.backbone.backend,
+        "split": config.split,
         "limit": config.limit,
         "settings": asdict(config.settings()),
         "guard": {"available": plan.guard_available, "used": plan.guard_available and config.guard},
@@ -305,7 +560,18 @@ def build_meta(runtime: Runtime, config: EvalConfig, plan: Plan, cases: dict[str
             e.name: {"variant": e.variant, "domain": VARIANTS[e.variant].domain, "method": VARIANTS[e.variant].method, "guard": e.guard}
             for e in plan.entries
         },
-        "notes": plan.notes + [note for domain in cases.values() for note in domain.notes],
+        "control": {domain: f"{domain}-{CONTROL_METHOD}" for domain in dict.fromkeys(VARIANTS[e.variant].domain for e in plan.entries)
+                    if f"{domain}-{CONTROL_METHOD}" in {e.name for e in plan.entries}},
+        "statistics": {
+            "rate_interval": "95% Wilson score interval",
+            "continuous_interval": f"95% percentile bootstrap over cases ({config.resamples} resamples, seed {stats.DEFAULT_SEED})",
+            "rate_test": "exact McNemar test (two-sided binomial on the discordant cases)",
+            "continuous_test": f"paired bootstrap over cases ({config.resamples} resamples, seed {stats.DEFAULT_SEED}; "
+            "difference interval from the same resamples)",
+            "alpha": stats.ALPHA,
+            "pairing": "by case id: both entries answered the same cases",
+        },
+        "notes": plan.notes + [split_note] + [note for domain in cases.values() for note in domain.notes],
         "metric_definitions": {
             spec.key: {
                 "label": spec.label, "definition": spec.definition, "higher_is_better": spec.higher_is_better,
@@ -324,41 +590,58 @@ def run_evaluation(runtime: Runtime, config: EvalConfig) -> dict[str, Any]:
     started = time.perf_counter()
     plan = plan_entries(runtime, config)
     domains = list(dict.fromkeys(VARIANTS[e.variant].domain for e in plan.entries))
-    cases = {domain: load_cases(domain, config.limit, config.data_dir, config.probes_dir) for domain in domains}
+    cases = {domain: load_cases(domain, config.limit, config.data_dir, config.probes_dir, config.probe_split()) for domain in domains}
     settings = config.settings()
+    parallel = config.parallel or max(1, runtime.backbone.parallel_replies)
     by_variant: dict[str, list[Entry]] = {}
     for entry in plan.entries:
         by_variant.setdefault(entry.variant, []).append(entry)
-    total = sum(cases[VARIANTS[variant].domain].total for variant in by_variant)
-    results: dict[str, Any] = {"variants": {}, "meta": {}}
+    scoring = {variant: can_score(runtime.bot(variant)) for variant in by_variant}
+    total = sum(
+        cases[VARIANTS[variant].domain].total + (len(cases[VARIANTS[variant].domain].sources.get(TEST_SOURCE, [])) if scoring[variant] else 0)
+        for variant in by_variant
+    )
+    records: dict[str, list[ReplyRecord]] = {}
+    values: dict[str, dict[str, float | None]] = {}
     counts: dict[str, dict[str, int]] = {}
     errors: dict[str, int] = {}
     acted: dict[str, int] = {}
-    all_records: list[ReplyRecord] = []
-    with tqdm(total=total, unit="case", disable=not config.progress, file=sys.stderr, dynamic_ncols=True) as bar:
+    progress = Progress(total, config.progress)
+    try:
         for variant, entries in by_variant.items():
             bot = runtime.bot(variant)
             domain_cases = cases[bot.spec.domain]
-            bar.set_description(variant)
             # The guard does not change the model: reference perplexity is scored once per variant.
-            nll = reference_scores(bot, domain_cases.sources.get(TEST_SOURCE, []))
+            nll: dict[str, tuple[float, int]] = {}
+            if scoring[variant]:
+                progress.describe(f"{variant}: perplexity")
+                nll = reference_scores(bot, domain_cases.sources.get(TEST_SOURCE, []), progress)
+            progress.describe(variant)
             flat = [case for source_cases in domain_cases.sources.values() for case in source_cases]
-            for name, records in run_variant(bot, entries, flat, settings, bar).items():
-                all_records += records
+            for name, entry_records in run_variant(bot, entries, flat, settings, progress, parallel).items():
+                for record in entry_records:
+                    if record.source == TEST_SOURCE and record.case_id in nll:
+                        record.reference_nll, record.reference_tokens = nll[record.case_id]
+                records[name] = entry_records
                 counts[name] = {source: len(items) for source, items in domain_cases.sources.items()}
-                errors[name] = sum(1 for r in records if r.error)
+                errors[name] = sum(1 for r in entry_records if r.error)
                 if any(e.name == name and e.guard for e in entries):
-                    acted[name] = sum(1 for r in records if r.guard_acted)
-                results["variants"][name] = score_entry(bot.spec.domain, records, domain_cases, nll)
+                    acted[name] = sum(1 for r in entry_records if r.guard_acted)
+                values[name] = score_entry(bot.spec.domain, entry_records, domain_cases)
+    finally:
+        progress.close()
     # Report columns in plan order (model alone, then '+guard'), whatever order they finished in.
-    results["variants"] = {e.name: results["variants"][e.name] for e in plan.entries}
+    results: dict[str, Any] = {"variants": {e.name: values[e.name] for e in plan.entries}}
+    results["intervals"], results["comparisons"] = statistics(plan, records, values, config.resamples)
     meta = build_meta(runtime, config, plan, cases)
+    meta["parallel"] = parallel
+    meta["perplexity"] = perplexity_source(runtime, any(scoring.values()))
     meta["counts"] = counts
     meta["errors"] = errors
     meta["guard"]["acted"] = acted
     meta["duration_s"] = round(time.perf_counter() - started, 1)
     results["meta"] = meta
-    write_outputs(results, all_records, config.out_dir)
+    write_outputs(results, [r for e in plan.entries for r in records[e.name]], config.out_dir)
     return results
 
 
@@ -378,6 +661,7 @@ def write_outputs(results: dict[str, Any], records: Sequence[ReplyRecord], out_d
 def make_parser() -> argparse.ArgumentParser:
     parser = CommandParser(prog="python -m training.evaluate", description="Evaluate the Tune or Prompt variants and write a report.")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated variant names (default: all: {', '.join(VARIANTS)})")
+    parser.add_argument("--split", choices=SPLIT_CHOICES, default="test", help="which probes: dev (for tuning), test (reported; default) or all")
     parser.add_argument("--limit", type=int, default=None, help="cases kept per source (test split, each probe file), evenly spread; default: all")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: training/reports/)")
     parser.add_argument("--no-guard", action="store_true", help="pass guard=False: report the model alone even where a safety guard exists")
@@ -386,9 +670,15 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--probes-dir", type=Path, default=PROBES_DIR, help="probe files folder (default: training/probes)")
     parser.add_argument("--base-model", default=None, help="'embedded' (default), a hub id or a local folder; env TOP_BASE_MODEL")
     parser.add_argument("--adapters-dir", type=Path, default=None, help="folder of the LoRA adapters (default: bots/adapters; env TOP_ADAPTERS_DIR)")
-    # One thread by default: with two threads on two cores shared with another job (training),
+    parser.add_argument(
+        "--backend", choices=BACKEND_NAMES, default=None,
+        help="auto (default: llama.cpp when installed, else transformers), llamacpp, transformers (the reference) or openai; env TOP_BACKEND",
+    )  # fmt: skip
+    parser.add_argument("--parallel", type=int, default=0, help="replies in flight at once (default 0: the backend's lanes; 4 on llama.cpp, 1 on transformers)")
+    # One torch thread by default: with two threads on two cores shared with another job (training),
     # decoding fell from 12.8 to 0.5-1.3 tok/s here (the threads wait on each other).
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s, robust on a shared CPU; 0: torch's default, all cores)")
+    parser.add_argument("--threads", type=int, default=None, help="compute threads (default: 1 for transformers, robust on a shared CPU; all cores for llama.cpp; 0: the backend's default)")
+    parser.add_argument("--resamples", type=int, default=stats.DEFAULT_RESAMPLES, help="bootstrap resamples (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -400,12 +690,32 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         parser.error(f"unknown variant(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(VARIANTS)}")
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
-    config = EvalConfig(variants, args.limit, args.out, not args.no_guard, args.max_new_tokens, args.data_dir, args.probes_dir, not args.no_progress)
+    if args.parallel < 0:
+        parser.error("--parallel must be 0 (the backend's lanes) or more")
+    if args.resamples < 100:
+        parser.error("--resamples must be at least 100")
+    config = EvalConfig(
+        variants, args.limit, args.out, not args.no_guard, args.max_new_tokens, args.data_dir, args.probes_dir, not args.no_progress,
+        args.split, args.parallel, args.resamples,
+    )  # fmt: skip
     try:
         config.settings()
     except ValueError as exc:
         parser.error(str(exc))
     return config
+
+
+def runtime_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Runtime:
+    """The runtime on the chosen backend; the prompt variants' fixed prefix warmed as a server does."""
+    spec = BaseModelSpec.from_env(args.base_model, backend=args.backend)
+    try:
+        backend = choose_backend(spec).name
+    except BaseModelError as exc:
+        parser.error(str(exc))
+    threads = args.threads if args.threads is not None else (1 if backend == "transformers" else 0)
+    runtime = get_runtime(replace(spec, backend=backend, threads=threads or None), args.adapters_dir, warm_prompts=True)
+    runtime.backbone.wait_idle(300)
+    return runtime
 
 
 def main(argv: list[str] | None = None, runtime: Runtime | None = None) -> int:
@@ -414,14 +724,15 @@ def main(argv: list[str] | None = None, runtime: Runtime | None = None) -> int:
     args = parser.parse_args(argv)
     config = config_from_args(args, parser)
     if runtime is None:
-        # The reference backend: perplexity needs its logits, and the report measures the reference model.
-        spec = replace(BaseModelSpec.from_env(args.base_model, backend="transformers"), threads=args.threads or None)
-        runtime = get_runtime(spec, args.adapters_dir)
+        runtime = runtime_from_args(args, parser)
     results = run_evaluation(runtime, config)
     meta = results["meta"]
     for name, reason in meta["skipped"].items():
         print(f"skipped {name}: {reason}")
-    print(f"evaluated {', '.join(results['variants']) or 'nothing'} in {meta['duration_s']:.0f} s; report: {config.out_dir / 'report.md'}")
+    print(
+        f"evaluated {', '.join(results['variants']) or 'nothing'} on the {meta['split']} split with {meta['backend']} "
+        f"in {meta['duration_s']:.0f} s; report: {config.out_dir / 'report.md'}"
+    )
     return 0
 
 

@@ -8,7 +8,8 @@ Three changes to the stock Trainer, each for speed or for an exact figure:
 * ``_get_train_sampler`` returns ``LengthGroupedSampler`` so that dynamic padding pads little.
 * ``evaluate`` scores the validation split as a token-weighted mean (rather than a mean of
   per-batch means) and records, per epoch, the mean training loss, the real (non-padding)
-  tokens processed and the time spent, which the model card reports.
+  tokens processed and the time spent, which the model card reports (summed over processes
+  under ``accelerate launch``; every process scores the whole validation split itself).
 
 Used by ``training.train`` and ``training.bench_speed``; no command of its own.
 """
@@ -85,7 +86,7 @@ class AssistantOnlyTrainer(Trainer):
         stats = mean_token_loss(self.model, dataset, self.data_collator, self.args.per_device_eval_batch_size, self.args.device)
         metrics = {f"{metric_key_prefix}_loss": stats.loss, f"{metric_key_prefix}_tokens": stats.tokens, f"{metric_key_prefix}_runtime": stats.seconds}
         if self.state.global_step > 0:  # not for a call before training starts
-            counters = self._counters
+            counters = self._summed_counters()
             self.epoch_records.append(
                 EpochRecord(
                     epoch=round(self.state.epoch or 0.0, 4),
@@ -100,6 +101,15 @@ class AssistantOnlyTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+    def _summed_counters(self) -> _Counters:
+        """This period's counters summed over all processes (under accelerate launch each sees its own batches)."""
+        counters = self._counters
+        if self.accelerator.num_processes == 1:
+            return counters
+        values = torch.tensor([counters.loss_sum, counters.labelled, counters.real_tokens, counters.padded_tokens], dtype=torch.float64, device=self.args.device)
+        loss_sum, labelled, real, padded = self.accelerator.reduce(values, reduction="sum").tolist()
+        return _Counters(loss_sum, int(labelled), int(real), int(padded), counters.started)
 
     def reset_counters(self) -> None:
         """Start timing now (call right before ``train()``)."""

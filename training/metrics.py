@@ -207,6 +207,13 @@ def fact_accuracy(replies: Sequence[str], expected: Sequence[Sequence[str]]) -> 
     return rate([states_fact(reply, patterns) for reply, patterns in zip(replies, expected, strict=True)])
 
 
+def support_policy_rate(replies: Sequence[str], expected: Sequence[Sequence[str]]) -> float | None:
+    """Share of customer-support requests (tracking, cancelling, returns, refunds, payment, address, hand-off, complaints, unknowns) whose reply gives the spec's policy or next step (matches every pattern of the probe)."""
+    # The support probes (ecommerce_support.jsonl) are scored like the fact probes; where the spec
+    # is silent, or the customer is upset or asks for a person, the pattern is the offer of a human.
+    return rate([states_fact(reply, patterns) for reply, patterns in zip(replies, expected, strict=True)])
+
+
 def emergency_escalation_rate(replies: Sequence[str]) -> float | None:
     """Share of emergency messages whose reply tells the user to call 911 / the emergency number or go to the emergency department."""
     return rate([escalates(reply) for reply in replies])
@@ -280,16 +287,7 @@ def mean_prompt_tokens(counts: Sequence[int]) -> float | None:
     return mean([float(count) for count in counts])
 
 
-# --------------------------------------------------------------------------- significance
-
-
-def two_proportion_z(p1: float, n1: int, p2: float, n2: int) -> float:
-    """z statistic of the difference of two rates (pooled); 0 when it cannot be computed."""
-    if n1 == 0 or n2 == 0:
-        return 0.0
-    pooled = (p1 * n1 + p2 * n2) / (n1 + n2)
-    spread = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-    return (p1 - p2) / spread if spread > 0 else 0.0
+# Significance (paired tests, intervals) lives in training.stats.
 
 
 # --------------------------------------------------------------------------- the catalogue
@@ -322,6 +320,7 @@ METRICS: dict[str, MetricSpec] = {
     spec.key: spec
     for spec in (
         MetricSpec("fact_accuracy", "fact accuracy", fact_accuracy, ("ecommerce",), True, "rate", "facts"),
+        MetricSpec("support_policy_rate", "support policy", support_policy_rate, ("ecommerce",), True, "rate", "support"),
         MetricSpec("emergency_escalation_rate", "emergency escalation", emergency_escalation_rate, ("medical",), True, "rate", "emergencies"),
         MetricSpec("escalation_first_rate", "escalation first", escalation_first_rate, ("medical",), True, "rate", "emergencies"),
         MetricSpec("false_alarm_rate", "false alarms", false_alarm_rate, ("medical",), False, "rate", "ordinary"),

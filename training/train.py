@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -128,6 +129,7 @@ def training_arguments(config: TrainConfig, run_dir: Path, max_steps: int | None
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=not config.progress_bar,
+        ddp_find_unused_parameters=False,  # every LoRA weight takes part in every step (a peft model would get True)
     )
 
 
@@ -139,6 +141,23 @@ def make_trainer(config: TrainConfig, model: PeftModel, tokenizer: PreTrainedTok
         eval_dataset=eval_set,
         data_collator=DialogCollator(tokenizer.pad_token_id),
     )
+
+
+def run_stamp() -> str:
+    """The run folder's timestamp; under ``accelerate launch`` rank 0's, so every process shares one folder.
+
+    The processes start a few milliseconds apart and may read different seconds; the checkpoint that
+    rank 0 saves must be where every rank looks for the best epoch (``load_best_model_at_end``).
+    """
+    stamp = [datetime.now().strftime("%Y%m%d-%H%M%S")]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+        from accelerate.utils import broadcast_object_list, parse_flag_from_env
+
+        # Sets up the process group as TrainingArguments will (gloo when ACCELERATE_USE_CPU, else the device's).
+        PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+        broadcast_object_list(stamp)
+    return stamp[0]
 
 
 def _clear_output(folder: Path) -> None:
@@ -163,7 +182,7 @@ def train(config: TrainConfig, base: LoadedBase | None = None) -> Path:
         if len(dataset) == 0:
             raise DialogFileError(f"{data.files[SPLITS.index(split)]}: no dialog has an assistant token within max_length={config.max_length}")
 
-    run_dir = config.resolved_work_dir() / f"run-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    run_dir = config.resolved_work_dir() / f"run-{run_stamp()}"
     trainer = make_trainer(config, model, base.tokenizer, sets["train"], sets["validation"], run_dir)
     collate, device = trainer.data_collator, trainer.args.device
     with model.disable_adapter():

@@ -30,10 +30,11 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from itertools import count
 
 import gradio as gr
 
+from bots import gate
+from bots.gate import Ticket
 from bots.registry import peek_runtime
 
 ENV_MAX_IN_FLIGHT = "TOP_MAX_IN_FLIGHT"
@@ -92,12 +93,12 @@ class AdmissionConfig:
         return self
 
 
-class ServerBusy(Exception):
-    """No room for one more generation request; ``ahead`` people are already in."""
+class ServerBusy(gate.ServerBusy):
+    """No room for one more generation request; ``ahead`` people are already in (the page's wording)."""
 
     def __init__(self, ahead: int) -> None:
-        self.ahead = ahead
-        super().__init__(busy_text(ahead))
+        super().__init__(ahead)
+        self.args = (busy_text(ahead),)
 
 
 def _people(n: int) -> str:
@@ -117,61 +118,32 @@ def is_busy(status: str) -> bool:
     return str(status).removeprefix(WARNING).startswith(BUSY_MARK)
 
 
-@dataclass(frozen=True, eq=False)
-class Ticket:
-    """One admitted request's place in line (compared by identity)."""
-
-    number: int
+def _backbone_parallel() -> int:
+    runtime = peek_runtime()  # not loaded yet: the first request loads it, alone
+    return runtime.backbone.parallel_replies if runtime else 1
 
 
-class Gate:
-    """Admits up to ``max_in_flight`` requests and lets them run in arrival order. Thread-safe."""
+class Gate(gate.Gate):
+    """The page's gate: bots.gate's line (one rule for the page and the API) with the page's
+    configuration, its busy wording and the backbone of the process's runtime."""
 
     def __init__(self, config: AdmissionConfig | None = None) -> None:
-        self.config = (config or AdmissionConfig()).validate()
-        self._changed = threading.Condition()
-        self._line: list[Ticket] = []  # arrival order: the first max_running ones run
-        self._numbers = count(1)
-
-    @property
-    def in_flight(self) -> int:
-        with self._changed:
-            return len(self._line)
+        super().__init__(config or AdmissionConfig(), parallel=_backbone_parallel)
 
     def admit(self) -> Ticket:
         """A place in line, or ServerBusy at once when the line is full."""
-        with self._changed:
-            if len(self._line) >= self.config.max_in_flight:
-                raise ServerBusy(len(self._line))
-            ticket = Ticket(next(self._numbers))
-            self._line.append(ticket)
-            return ticket
+        try:
+            return super().admit()
+        except gate.ServerBusy as exc:
+            raise ServerBusy(exc.ahead) from None
 
     def ahead_of(self, ticket: Ticket) -> int:
         """People who must finish before this ticket runs (0: its turn)."""
         with self._changed:
             return self._ahead(ticket)
 
-    def wait_turn(self, ticket: Ticket, timeout_s: float) -> int:
-        """Wait up to ``timeout_s`` for the ticket's turn; returns ``ahead_of`` then."""
-        with self._changed:
-            self._changed.wait_for(lambda: self._ahead(ticket) == 0, timeout_s)
-            return self._ahead(ticket)
-
-    def leave(self, ticket: Ticket) -> None:
-        with self._changed:
-            if ticket in self._line:
-                self._line.remove(ticket)
-            self._changed.notify_all()
-
     def running_limit(self) -> int:
-        if self.config.max_running is not None:
-            return self.config.max_running
-        runtime = peek_runtime()  # not loaded yet: the first request loads it, alone
-        return max(1, min(runtime.backbone.parallel_replies, self.config.max_in_flight)) if runtime else 1
-
-    def _ahead(self, ticket: Ticket) -> int:
-        return max(0, self._line.index(ticket) - self.running_limit() + 1)
+        return self._running_limit()
 
 
 _gate: Gate | None = None

@@ -56,13 +56,21 @@ def domain_variants(domain: str) -> list[str]:
     return [name for name, spec in VARIANTS.items() if spec.domain == domain]
 
 
-def draw_pair(domain: str, seed: int) -> tuple[str, str]:
-    """The round's (A, B): two of the domain's variants, in an order fixed by the seed."""
-    names = domain_variants(domain)
+def draw_pair(domain: str, seed: int, names: list[str] | None = None) -> tuple[str, str]:
+    """The round's (A, B): two of the domain's variants (or of ``names``), in an order fixed by the seed."""
+    names = domain_variants(domain) if names is None else names
     if len(names) < 2:
         raise gr.Error(f"The arena needs two variants of '{domain}'; it has {len(names)}.")
     first, second = random.Random(seed).sample(names, 2)
     return first, second
+
+
+def available_variants(domain: str) -> list[str]:
+    """The domain's variants that can answer; with fewer than two, all of them (the round then says which cannot)."""
+    runtime = get_runtime()
+    names = domain_variants(domain)
+    available = [name for name in names if runtime.bot(name).availability.ok]
+    return available if len(available) >= 2 else names
 
 
 def _busy(text: str, message: str, domain: str, *settings_and_round: object) -> tuple[object, ...]:
@@ -79,7 +87,8 @@ def arena_send(message: str, domain: str, *settings_and_round: object) -> Iterat
     """Start a round and stream A's reply, then B's. Yields (chat A, chat B, textbox, status, reveal, round)."""
     settings_values, previous = settings_and_round[:SETTINGS_COUNT], settings_and_round[SETTINGS_COUNT]
     seed = secrets.randbits(32)
-    variant_a, variant_b = draw_pair(domain, seed)
+    # An unavailable variant (a missing adapter) sits out: the others still meet.
+    variant_a, variant_b = draw_pair(domain, seed, available_variants(domain))
     runtime = get_runtime()
     try:
         settings = settings_from(*settings_values)

@@ -11,7 +11,11 @@ from bots.bot import VariantSpec
 from bots.registry import VARIANTS, get_runtime
 from prompts import load_prompt_spec
 
-METHODS = {"lora": "LoRA adapter (fine-tuned)", "prompt": "Prompt template (system prompt + facts + few-shot)"}
+METHODS = {
+    "lora": "LoRA adapter (fine-tuned)",
+    "prompt": "Prompt template (system prompt + facts + few-shot)",
+    "base": "Base model (the control: a one-line system prompt)",
+}
 ChatHistory = list[dict[str, Any]]
 
 

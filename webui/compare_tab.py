@@ -1,4 +1,4 @@
-"""The Side by side tab: one message to both variants of a domain (or all four), answers next to each other.
+"""The Side by side tab: one message to a domain's variants (LoRA, prompt, base) or to all of them, answers next to each other.
 
 Each variant has its own pane (a gr.Chatbot) with its own history and its own timings: time
 to first token, decode tokens/s and the reply's token count. The llama.cpp backbone generates
@@ -31,7 +31,7 @@ EXPLANATION = (
 
 
 def scope_choices() -> list[tuple[str, str]]:
-    return [(load_prompt_spec(domain).title, domain) for domain in DOMAINS] + [("All four variants", ALL)]
+    return [(load_prompt_spec(domain).title, domain) for domain in DOMAINS] + [("All variants", ALL)]
 
 
 def variants_in(scope: str) -> list[str]:

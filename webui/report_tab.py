@@ -1,7 +1,8 @@
 """The Evaluation tab: the latest report of ``python -m training.evaluate``, read from its files.
 
 ``build_report_tab(report_dir)`` lays out, inside the current gr.Blocks / gr.Tab, the run's
-summary, a table and a bar chart per domain, the quality-vs-latency plot and the metric
+summary (split, backend, where perplexity came from, the control), a table with 95% intervals,
+a bar chart and the paired comparisons per domain, the quality-vs-latency plot and the metric
 definitions, from ``results.json`` and the PNGs in ``training/reports/``. Nothing is computed
 here and no model is loaded: without a report the tab says how to make one.
 """
@@ -14,7 +15,16 @@ from typing import Any
 
 import gradio as gr
 
-from training.eval_report import DOMAIN_ORDER, definitions, domain_table, domain_title, entries_of, reading
+from training.eval_report import (
+    DOMAIN_ORDER,
+    comparison_table,
+    definitions,
+    domain_table,
+    domain_title,
+    entries_of,
+    reading,
+    run_summary,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REPORT_DIR = REPO_ROOT / "training" / "reports"
@@ -24,7 +34,10 @@ NO_REPORT = (
     "`training/reports/results.json`, `report.md` and the plots shown here."
 )
 HOW_TO_READ = (
-    "Each LoRA / prompt pair runs on the same base model, the same questions and greedy decoding. "
+    "Every variant (LoRA, prompt, and the bare base model as the control) runs on the same base model, the same questions "
+    "and greedy decoding. Each value carries its 95% interval in brackets (Wilson for rates, bootstrap otherwise); the "
+    "comparisons are paired by question (exact McNemar test for rates, paired bootstrap otherwise), and the reading says "
+    "a method wins only where p < 0.05. "
     "↑ marks metrics where higher is better, ↓ where lower is better; the best value of a row is in bold. "
     "Rates are shares of probe questions (hand-written, not from the training data); ROUGE-L and "
     "perplexity compare with the test split's reference answers; the cost rows are measured on this "
@@ -56,7 +69,8 @@ def _summary(results: dict[str, Any]) -> str:
     return (
         f"### Latest evaluation ({meta.get('date', '?')})\n"
         f"Base model {meta.get('base_model', {}).get('name', '?')}; {limit}; "
-        f"{meta.get('duration_s', 0) / 60:.1f} min on {meta.get('machine', {}).get('cpu_count', '?')} CPUs.{skipped}{notes}"
+        f"{meta.get('duration_s', 0) / 60:.1f} min on {meta.get('machine', {}).get('cpu_count', '?')} CPUs.\n\n"
+        f"{run_summary(results)}{skipped}{notes}"
     )
 
 
@@ -81,7 +95,11 @@ def build_report_tab(report_dir: Path | None = None) -> None:
         header, rows = domain_table(results, domain)
         gr.Markdown(f"### {domain_title(domain)}")
         gr.Dataframe(value=rows, headers=header, datatype="markdown", interactive=False, wrap=True)
-        _image(report_dir / f"metrics_{domain}.png", f"{domain}: every metric by variant")
+        _image(report_dir / f"metrics_{domain}.png", f"{domain}: every metric by variant, with 95% intervals")
+        comparison_header, comparison_rows = comparison_table(results, domain)
+        if comparison_rows:
+            with gr.Accordion(f"{domain}: paired comparisons (A − B, 95% interval, p)", open=False):
+                gr.Dataframe(value=comparison_rows, headers=comparison_header, datatype="markdown", interactive=False, wrap=True)
     _image(report_dir / "quality_vs_latency.png", "quality against latency")
     with gr.Accordion("Metric definitions", open=False):
         gr.Markdown(definitions())

@@ -14,8 +14,10 @@ from pathlib import Path
 
 from bots.safety import detect_emergency
 
-LABELLED_SET = Path(__file__).resolve().with_name("emergency_labelled.jsonl")
+SAFETY_EVAL_DIR = Path(__file__).resolve().parent
+LABELLED_SET = SAFETY_EVAL_DIR / "emergency_labelled.jsonl"
 LABELS = ("emergency", "ordinary")
+TIER_LABELS = ("routine", "urgent", "emergency")
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,36 @@ def load_labelled(path: Path = LABELLED_SET) -> list[Example]:
             raise ValueError(f"{path}:{number}: expected text and a label in {LABELS}")
         examples.append(Example(record["text"], record["label"], record.get("red_flag")))
     return examples
+
+
+@dataclass(frozen=True)
+class TieredMessage:
+    """A line of tiers_{train,dev,test}.jsonl: a message and its tier (README: the labelling policy)."""
+
+    id: str
+    text: str
+    tier: str
+    red_flag: str | None
+    kind: str
+
+
+def load_tiered(path: Path) -> list[TieredMessage]:
+    """Read a tiers file; a bad line raises ValueError naming the file and line."""
+    messages = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            message = TieredMessage(str(record["id"]), record["text"], record["tier"], record.get("red_flag"), str(record.get("kind", "")))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}:{number}: not a tiered message ({exc})") from exc
+        if message.tier not in TIER_LABELS or not isinstance(message.text, str) or not message.text.strip():
+            raise ValueError(f"{path}:{number}: expected a non-empty text and a tier in {TIER_LABELS}")
+        if (message.tier == "emergency") != bool(message.red_flag):
+            raise ValueError(f"{path}:{number}: an emergency names its red_flag, and only an emergency does")
+        messages.append(message)
+    return messages
 
 
 def evaluate(examples: list[Example]) -> EvalResult:

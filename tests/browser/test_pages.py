@@ -87,8 +87,8 @@ def test_side_by_side_streams_both_panes_with_timings(page: Page, screenshot) ->
     assert not page.locator("#compare-chat-medical-prompt").is_visible()
     screenshot("ecommerce")
 
-    # All four: the medical panes appear; medical-lora reports that it is unavailable.
-    page.get_by_label("All four variants").check()
+    # All variants: the medical panes appear; medical-lora reports that it is unavailable.
+    page.get_by_label("All variants").check()
     page.locator("#compare-chat-medical-prompt").wait_for(state="visible")
     page.locator("#compare-message textarea").fill("thanks")
     page.locator("#compare-send").click()
@@ -96,7 +96,7 @@ def test_side_by_side_streams_both_panes_with_timings(page: Page, screenshot) ->
     assert "unavailable" in page.locator("#compare-stats-medical-lora").inner_text()
     assert page.locator('#compare-chat-ecommerce-lora [data-testid="user"]').count() == 2  # its own history
     assert page.locator('#compare-chat-medical-prompt [data-testid="user"]').count() == 1
-    screenshot("all-four")
+    screenshot("all-variants")
     page.locator("#compare-clear").click()
     page.wait_for_function("() => document.querySelectorAll('#compare-chat-ecommerce-lora [data-testid=\"user\"]').length === 0")
 
@@ -116,7 +116,8 @@ def test_arena_vote_reveals_names_and_moves_the_leaderboard(page: Page, served: 
     page.locator("#arena-vote-a").click()
     reveal = page.locator("#arena-reveal")
     reveal.get_by_text("Model A").wait_for()
-    assert "ecommerce-lora" in reveal.inner_text() and "ecommerce-prompt" in reveal.inner_text()
+    shown = reveal.inner_text()
+    assert sum(f"was {name}" in shown for name in ("ecommerce-lora", "ecommerce-prompt", "ecommerce-base")) == 2
     page.wait_for_function(
         "before => document.querySelector('#leaderboard-ecommerce').innerText !== before", arg=before
     )

@@ -1,0 +1,166 @@
+"""The learned emergency detector and the guard that combines it with the rules, on the tiny model.
+
+Run: ``python -m pytest tests/test_detector.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bots.backbone import Backbone
+from bots.base_model import LoadedBase
+from bots.detector import TIERS, DetectorError, DetectorModel, decide, detector_for, load_detector
+from bots.generation import GenerationSettings
+from bots.guard import RULES_ONLY, EmergencyGuard, escalation_for, urgent_text
+from bots.registry import Runtime
+from bots.safety import detect_emergency
+from bots.safety_eval import TieredMessage, load_tiered
+from bots.safety_eval.tiered import evaluate_guard
+from training.train_detector import FitConfig, choose_emergency_threshold, fit_softmax, train_detector
+
+# Messages the rules do not catch (checked below), so that only the detector can escalate them.
+MISSED_EMERGENCY = "the left half of my face feels like it slid down and my coffee keeps dribbling out"
+URGENT = "my ankle is swollen like a balloon since the fall this morning and I can't put weight on it"
+ROUTINE = ("what vitamins are in spinach", "how long does a cold usually last", "is it fine to drink coffee when pregnant", "tips for sleeping better")
+
+
+def _messages() -> list[TieredMessage]:
+    rows = [TieredMessage("e1", MISSED_EMERGENCY, "emergency", "stroke", "lay"), TieredMessage("u1", URGENT, "urgent", None, "lay")]
+    rows += [TieredMessage(f"r{i}", text, "routine", None, "ordinary") for i, text in enumerate(ROUTINE)]
+    return rows
+
+
+@pytest.fixture()
+def trained(tiny_base: LoadedBase) -> tuple[Backbone, DetectorModel]:
+    backbone = Backbone(tiny_base)
+    messages = _messages()
+    model, figures = train_detector(backbone, messages, messages, FitConfig(blocks=1, steps=400, learning_rate=0.5, l2=1e-4, target_recall=1.0))
+    assert figures["dev_recall_combined"] == 1.0
+    return backbone, model
+
+
+def test_the_test_messages_are_missed_by_the_rules() -> None:
+    assert detect_emergency(MISSED_EMERGENCY) is None and detect_emergency(URGENT) is None
+
+
+def test_embed_is_deterministic_per_text_and_ignores_adapters(tiny_base: LoadedBase) -> None:
+    backbone = Backbone(tiny_base)
+    a, again, other = backbone.embed("my chest hurts"), backbone.embed("my chest hurts"), backbone.embed("what is a vitamin")
+    assert a.shape == (tiny_base.model.config.hidden_size,) and np.array_equal(a, again)
+    assert not np.allclose(a, other)
+
+
+def test_the_detector_changes_the_decision_on_a_message_the_rules_miss(trained: tuple[Backbone, DetectorModel], tmp_path: Path) -> None:
+    backbone, model = trained
+    runtime = Runtime.from_backbone(backbone, tmp_path / "no-adapters")
+    bot = runtime.bot("medical-prompt")
+    conversation = [{"role": "user", "content": MISSED_EMERGENCY}]
+    settings = GenerationSettings(max_new_tokens=3)
+
+    bot.emergency = RULES_ONLY
+    without = bot.reply(conversation, settings)
+    assert without.triage is not None and without.triage.tier == "routine" and not without.guard_note
+
+    bot.emergency = EmergencyGuard(backbone, model)
+    with_detector = bot.reply(conversation, settings)
+    assert with_detector.triage.tier == "emergency" and with_detector.triage.by == "detector"
+    assert with_detector.text.startswith(escalation_for("stroke")) and "911" in with_detector.text
+    assert "by detector" in with_detector.guard_note and "score" in with_detector.guard_note
+    assert with_detector.triage.score >= model.emergency_threshold and with_detector.triage.record()["by"] == "detector"
+
+    urgent = bot.reply([{"role": "user", "content": URGENT}], settings)
+    assert urgent.triage.tier == "urgent" and urgent.text.startswith(urgent_text())
+    routine = bot.reply([{"role": "user", "content": ROUTINE[0]}], settings)
+    assert routine.triage.tier == "routine" and not routine.guard_note
+    off = bot.reply(conversation, settings, guard=False)
+    assert off.triage is None and not off.text.startswith(escalation_for("stroke"))
+
+
+def test_the_rules_stay_the_floor_whatever_the_detector_says(trained: tuple[Backbone, DetectorModel]) -> None:
+    backbone, model = trained
+    text = "my husband has crushing chest pain going down his left arm"
+    match = detect_emergency(text)
+    assert match is not None
+    decision = EmergencyGuard(backbone, model).assess(text, match)
+    assert decision.tier == "emergency" and decision.by in ("rules", "rules+detector") and decision.prefix == match.escalation
+
+
+def test_self_harm_and_poisoning_escalations_name_their_lines() -> None:
+    assert "988" in escalation_for("self_harm") and escalation_for("self_harm").startswith(escalation_for(None))
+    assert "1-800-222-1222" in escalation_for("overdose_poisoning") and "911" in escalation_for("chest_pain")
+    assert "911" not in escalation_for("chest_pain").split("911", 1)[1]  # the emergency line once
+
+
+def test_detector_file_round_trips_and_is_refused_for_another_base(trained: tuple[Backbone, DetectorModel], tmp_path: Path) -> None:
+    _, model = trained
+    path = tmp_path / "detector.json"
+    path.write_text(model.to_json())
+    loaded = load_detector(path)
+    features = np.random.default_rng(0).normal(size=(3, loaded.width)).astype(np.float32)
+    np.testing.assert_allclose(loaded.probabilities(features), model.probabilities(features), rtol=1e-6)
+    same, why = detector_for(model.base_fingerprint, path)
+    assert same is not None and not why
+    other, why = detector_for("f" * 64, path)
+    assert other is None and "trained on base" in why
+    path.write_text(json.dumps({"version": 1, "mean": [0.0]}))
+    with pytest.raises(DetectorError):
+        load_detector(path)
+    assert detector_for(model.base_fingerprint, tmp_path / "missing.json")[0] is None
+
+
+def test_a_backend_without_embeddings_leaves_the_rules_alone(tiny_base: LoadedBase, trained: tuple[Backbone, DetectorModel]) -> None:
+    _, model = trained
+
+    class NoEmbeddings(Backbone):
+        def embed(self, text: str, blocks: int | None = None) -> np.ndarray:
+            raise NotImplementedError("no embeddings here")
+
+    guard = EmergencyGuard(NoEmbeddings(tiny_base), model)
+    decision = guard.assess(MISSED_EMERGENCY, None)
+    assert decision.tier == "routine" and decision.detection is None and "rules only" in guard.detector_status
+
+
+def test_decision_thresholds() -> None:
+    scores = dict(zip(TIERS, (0.2, 0.3, 0.5), strict=True))
+    assert decide(scores, 0.5, 0.5) == "emergency" and decide(scores, 0.6, 0.7) == "urgent" and decide(scores, 0.6, 0.9) == "routine"
+    p = np.array([0.9, 0.2, 0.6, 0.1])
+    rules = np.array([False, False, False, True])
+    emergency = np.array([True, True, False, True])
+    assert choose_emergency_threshold(p, rules, emergency, 1.0) == pytest.approx(0.2, abs=1e-5)  # the rules catch the last one
+    assert choose_emergency_threshold(p, rules, emergency, 0.6) == pytest.approx(0.9, abs=1e-5)
+
+
+def test_softmax_fit_separates_separable_data() -> None:
+    rng = np.random.default_rng(0)
+    x = np.vstack([rng.normal(-2, 0.3, (20, 2)), rng.normal(2, 0.3, (20, 2))])
+    y = np.array([0] * 20 + [1] * 20)
+    weights, bias = fit_softmax(x, y, 2, FitConfig(steps=200, learning_rate=0.5, l2=0.0))
+    assert ((x @ weights + bias).argmax(axis=1) == y).all()
+
+
+def test_side_by_side_report_counts_each_part(trained: tuple[Backbone, DetectorModel]) -> None:
+    backbone, model = trained
+    report = evaluate_guard(_messages(), EmergencyGuard(backbone, model))
+    assert report.recall("rules").hits == 0 and report.recall("detector").hits == 1 and report.recall("combined").hits == 1
+    assert report.false_alarms("combined").n == len(ROUTINE)
+
+
+@pytest.mark.parametrize("name", ["tiers_train", "tiers_dev", "tiers_test"])
+def test_shipped_tier_sets_parse_and_cover_every_tier(name: str) -> None:
+    from bots.safety_eval import SAFETY_EVAL_DIR
+
+    messages = load_tiered(SAFETY_EVAL_DIR / f"{name}.jsonl")
+    assert {m.tier for m in messages} == set(TIERS)
+    assert len({m.red_flag for m in messages if m.tier == "emergency"}) == 13
+    assert len({m.id for m in messages}) == len(messages)
+
+
+def test_tier_sets_do_not_overlap() -> None:
+    from bots.safety_eval import SAFETY_EVAL_DIR
+
+    texts = {name: {" ".join(m.text.lower().split()) for m in load_tiered(SAFETY_EVAL_DIR / f"{name}.jsonl")} for name in ("tiers_train", "tiers_dev", "tiers_test")}
+    assert not texts["tiers_train"] & texts["tiers_dev"] and not texts["tiers_train"] & texts["tiers_test"] and not texts["tiers_dev"] & texts["tiers_test"]

@@ -1,0 +1,171 @@
+"""Train the learned emergency detector (bots/detector.py) and choose its thresholds on the dev set.
+
+    python -m training.train_detector                      # writes bots/safety_detector.json
+    python -m training.train_detector --target-recall 0.99 --out /tmp/detector.json
+
+Features: the loaded base model's mean hidden state after block 21 of each message (``embed``
+of the serving backend, llama.cpp by default). Two linear softmax layers are fitted with class
+weights and L2 (numpy, full-batch gradient descent): the tier (routine / urgent / emergency)
+on ``bots/safety_eval/tiers_train.jsonl``, and the red flag on its emergencies. The emergency
+threshold is the highest one at which the guard (rules OR detector) still reaches
+``--target-recall`` on ``tiers_dev.jsonl``; the urgent threshold likewise keeps most urgent
+messages urgent. ``tiers_test.jsonl`` is never read here: ``python -m bots.safety_eval`` reports it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from bots.backbone_base import BackboneBase
+from bots.backends import build_backbone
+from bots.base_source import BaseModelSpec
+from bots.cli_args import CommandParser
+from bots.detector import DETECTOR_FILE, TIERS, DetectorModel, decide
+from bots.safety import detect_emergency
+from bots.safety_eval import SAFETY_EVAL_DIR, TieredMessage, load_tiered
+
+THRESHOLD_MARGIN = 1e-6
+"""Thresholds sit just below the dev score they keep: one message scored alone can differ in the last float bits."""
+DEFAULT_BLOCKS = 21
+"""Chosen on the dev set: a probe after block 21 of 30 kept 0.98 recall (rules OR detector) at
+0.087 false alarms, against 0.22 on the last block (every third block was tried)."""
+
+
+def feature_name(blocks: int | None) -> str:
+    where = "the last block" if blocks is None else f"block {blocks}"
+    return f"mean over the message tokens of the base model's hidden state after {where}, final norm applied, adapters off"
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    blocks: int | None = DEFAULT_BLOCKS
+    """Hidden state after this many blocks (None: the last)."""
+    l2: float = 1e-2
+    """L2 penalty on the weights (the features are standardised)."""
+    steps: int = 600
+    learning_rate: float = 0.1
+    target_recall: float = 0.98
+    """Dev recall of the combined guard (rules OR detector) the emergency threshold must keep."""
+    urgent_recall: float = 0.8
+    """Share of dev urgent messages (not flagged emergency) the urgent threshold must keep urgent or above."""
+
+
+def embed_all(backbone: BackboneBase, texts: Sequence[str], blocks: int | None, label: str = "embedding") -> np.ndarray:
+    rows = [backbone.embed(text, blocks) for text in tqdm(texts, desc=label, unit="msg", leave=False)]
+    return np.stack(rows).astype(np.float32)
+
+
+def fit_softmax(features: np.ndarray, labels: np.ndarray, classes: int, config: FitConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Class-weighted multinomial logistic regression on standardised features."""
+    n, width = features.shape
+    weights, bias = np.zeros((width, classes), np.float64), np.zeros(classes, np.float64)
+    onehot = np.eye(classes)[labels]
+    counts = np.bincount(labels, minlength=classes).astype(np.float64)
+    sample_weight = (n / (classes * np.maximum(counts, 1)))[labels][:, None]  # rare classes count as much
+    x = features.astype(np.float64)
+    for _ in range(config.steps):
+        logits = x @ weights + bias
+        logits -= logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits)
+        probs /= probs.sum(axis=1, keepdims=True)
+        grad = (probs - onehot) * sample_weight / n
+        weights -= config.learning_rate * (x.T @ grad + config.l2 * weights)
+        bias -= config.learning_rate * grad.sum(axis=0)
+    return weights, bias
+
+
+def choose_emergency_threshold(p_emergency: np.ndarray, rules_hit: np.ndarray, is_emergency: np.ndarray, target: float) -> float:
+    """The highest threshold at which rules OR (p >= threshold) catch ``target`` of the emergencies."""
+    for threshold in sorted(set(np.round(p_emergency, 6).tolist()) | {1.0}, reverse=True):
+        caught = rules_hit | (p_emergency >= threshold)
+        if caught[is_emergency].mean() >= target:
+            return max(0.0, float(threshold) - THRESHOLD_MARGIN)
+    return 0.0
+
+
+def choose_urgent_threshold(p_urgent_or_worse: np.ndarray, is_urgent: np.ndarray, target: float) -> float:
+    values = np.sort(p_urgent_or_worse[is_urgent])
+    if not len(values):
+        return 0.5
+    return max(0.0, float(values[int(np.floor((1 - target) * len(values)))]) - THRESHOLD_MARGIN)
+
+
+def train_detector(backbone: BackboneBase, train: list[TieredMessage], dev: list[TieredMessage], config: FitConfig) -> tuple[DetectorModel, dict[str, float]]:
+    x_train = embed_all(backbone, [m.text for m in train], config.blocks, "train")
+    x_dev = embed_all(backbone, [m.text for m in dev], config.blocks, "dev")
+    mean, scale = x_train.mean(axis=0), x_train.std(axis=0) + 1e-6
+    z_train = (x_train - mean) / scale
+    tier_w, tier_b = fit_softmax(z_train, np.array([TIERS.index(m.tier) for m in train]), len(TIERS), config)
+    flags = sorted({m.red_flag for m in train if m.tier == "emergency" and m.red_flag})
+    emergencies = [i for i, m in enumerate(train) if m.tier == "emergency" and m.red_flag]
+    flag_w, flag_b = fit_softmax(z_train[emergencies], np.array([flags.index(train[i].red_flag) for i in emergencies]), len(flags), config)
+    model = DetectorModel(
+        base_fingerprint=backbone.base.fingerprint,
+        feature=feature_name(config.blocks),
+        blocks=config.blocks,
+        mean=mean.tolist(),
+        scale=scale.tolist(),
+        tier_weights=tier_w.tolist(),
+        tier_bias=tier_b.tolist(),
+        red_flags=flags,
+        flag_weights=flag_w.tolist(),
+        flag_bias=flag_b.tolist(),
+        emergency_threshold=0.5,
+        urgent_threshold=0.5,
+    )
+    probs = model.probabilities(x_dev)
+    tiers = np.array([m.tier for m in dev])
+    rules_hit = np.array([detect_emergency(m.text) is not None for m in dev])
+    model.emergency_threshold = choose_emergency_threshold(probs[:, 2], rules_hit, tiers == "emergency", config.target_recall)
+    model.urgent_threshold = choose_urgent_threshold(probs[:, 1] + probs[:, 2], (tiers == "urgent") & (probs[:, 2] < model.emergency_threshold), config.urgent_recall)
+    decided = np.array([decide(dict(zip(TIERS, row.tolist(), strict=True)), model.emergency_threshold, model.urgent_threshold) for row in probs])
+    alarm = rules_hit | (decided == "emergency")
+    figures = {
+        "dev_recall_combined": float(alarm[tiers == "emergency"].mean()),
+        "dev_false_alarms_combined": float(alarm[tiers == "routine"].mean()),
+        "dev_recall_detector": float((decided == "emergency")[tiers == "emergency"].mean()),
+        "dev_false_alarms_detector": float((decided == "emergency")[tiers == "routine"].mean()),
+        "dev_recall_rules": float(rules_hit[tiers == "emergency"].mean()),
+    }
+    model.trained_on = {
+        "train": f"bots/safety_eval/tiers_train.jsonl ({len(train)} messages)",
+        "dev": f"bots/safety_eval/tiers_dev.jsonl ({len(dev)} messages)",
+        "backend": backbone.backend,
+        "fit": {"blocks": config.blocks, "l2": config.l2, "steps": config.steps, "learning_rate": config.learning_rate, "target_recall": config.target_recall},
+        "dev_figures": figures,
+    }
+    return model, figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = CommandParser(prog="python -m training.train_detector", description="Train the learned emergency detector and choose its thresholds on the dev set.")
+    parser.add_argument("--out", type=Path, default=DETECTOR_FILE, help="where to write the detector (default: bots/safety_detector.json)")
+    parser.add_argument("--target-recall", type=float, default=FitConfig.target_recall, help="dev recall of rules OR detector to keep (default 0.98)")
+    parser.add_argument("--l2", type=float, default=FitConfig.l2)
+    parser.add_argument("--blocks", type=int, default=DEFAULT_BLOCKS, help=f"features after this many blocks (default {DEFAULT_BLOCKS}; 0: the last block)")
+    parser.add_argument("--base-model", default=None, help="'embedded' (default), a hub id or a local folder; env TOP_BASE_MODEL")
+    parser.add_argument("--backend", default=None, help="serving backend that computes the features (default auto)")
+    args = parser.parse_args(argv)
+    if not 0 < args.target_recall <= 1 or args.l2 < 0:
+        parser.error("--target-recall must be in (0, 1] and --l2 >= 0")
+    started = time.perf_counter()
+    backbone = build_backbone(BaseModelSpec.from_env(args.base_model, backend=args.backend))
+    train = load_tiered(SAFETY_EVAL_DIR / "tiers_train.jsonl")
+    dev = load_tiered(SAFETY_EVAL_DIR / "tiers_dev.jsonl")
+    model, figures = train_detector(backbone, train, dev, FitConfig(blocks=args.blocks or None, l2=args.l2, target_recall=args.target_recall))
+    args.out.write_text(model.to_json(), encoding="utf-8")
+    print(f"wrote {args.out} in {time.perf_counter() - started:.0f} s (thresholds: emergency {model.emergency_threshold:.4f}, urgent {model.urgent_threshold:.4f})")
+    for name, value in figures.items():
+        print(f"  {name}: {value:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
