@@ -31,6 +31,7 @@ MODULES = (
     "training.bench_speed",
     "training.hub_cards",
     "training.train_detector",
+    "training.fact_drift",
     "webui.votes",
     "webui.leaderboard",
     "tests.check_wheel",

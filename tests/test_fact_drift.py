@@ -1,0 +1,34 @@
+"""The fact-drift test's data and runner, on the tiny model. Run: ``python -m pytest tests/test_fact_drift.py``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bots.base_model import LoadedBase
+from bots.registry import Runtime
+from prompts import load_prompt_spec
+from training.fact_drift import affected_cases, drifted_prompt, format_summary, load_changes, run_drift
+
+
+def test_every_change_edits_the_prompt_file_and_affects_probes() -> None:
+    changes = load_changes("ecommerce")
+    spec = load_prompt_spec("ecommerce")
+    drifted = drifted_prompt(spec, changes)
+    text = drifted.system_message() + " ".join(shot.assistant for shot in drifted.few_shot)
+    for change in changes:
+        assert change.find in spec.system_message() and change.find not in text and change.replace in text
+    cases = affected_cases("ecommerce", changes, None)
+    assert {case.change.name for case in cases} == {change.name for change in changes}
+    assert all(case.probe_id.startswith("fact-") for case in cases)
+
+
+def test_run_reports_every_variant_of_the_domain_with_paired_cases(tiny_base: LoadedBase, tmp_path: Path) -> None:
+    runtime = Runtime.from_base(tiny_base, tmp_path / "no-adapters")
+    changes = load_changes("ecommerce")
+    cases = affected_cases("ecommerce", changes, None)[:2]
+    result = run_drift(runtime, "ecommerce", changes, cases, max_new_tokens=4)
+    assert set(result["variants"]) == {"ecommerce-prompt", "ecommerce-base"}  # the LoRA adapter is missing here
+    for row in result["variants"].values():
+        assert row["new_value"]["n"] == len(cases) == len(row["replies"])
+        assert row["new_value"]["ci_low"] <= row["new_value"]["value"] <= row["new_value"]["ci_high"]
+    assert "affected probes" in format_summary(result)

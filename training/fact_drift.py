@@ -1,0 +1,173 @@
+"""The fact-drift test: change a few facts of a domain and see which variants keep up without retraining.
+
+    python -m training.fact_drift                          # ecommerce, every split, llama.cpp backend
+    python -m training.fact_drift --split test --out training/reports/fact_drift.json
+
+The changes are data (``training/drift/<domain>.yaml``): each replaces an old value by a new
+one in the domain's prompt file (fact sheet and few-shot answers, as an operator would edit
+the file) and names the fact probes it affects. Every variant of the domain then answers the
+affected probes with the drifted prompt file: a prompt variant reads the new value on every
+request; an adapter learned the old one, and keeps it until it is retrained. The report counts,
+per variant, replies that state the new value and replies that still state the old one (95%
+Wilson intervals), and what retraining the adapter would cost (its last training run's
+CPU-minutes, from ``training_log.json``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bots.cli_args import CommandParser
+from bots.registry import VARIANTS, Runtime, get_runtime
+from prompts import FewShotExample, PromptSpec
+from prompts.loader import Fact
+from training.eval_data import load_cases
+from training.metrics import states_fact
+from training.stats import wilson_interval
+
+DRIFT_DIR = Path(__file__).resolve().parent / "drift"
+DEFAULT_OUT = Path(__file__).resolve().parent / "reports" / "fact_drift.json"
+
+
+class DriftFileError(ValueError):
+    """A drift file is missing or malformed; the message names the file."""
+
+
+@dataclass(frozen=True)
+class FactChange:
+    name: str
+    topics: tuple[str, ...]
+    old_value: str
+    find: str
+    replace: str
+    expected: tuple[str, ...]
+
+    def apply(self, text: str) -> str:
+        return text.replace(self.find, self.replace)
+
+
+@dataclass(frozen=True)
+class DriftCase:
+    change: FactChange
+    probe_id: str
+    question: str
+    old_expected: tuple[str, ...]
+
+
+def load_changes(domain: str, folder: Path = DRIFT_DIR) -> list[FactChange]:
+    path = folder / f"{domain}.yaml"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        changes = [
+            FactChange(str(c["name"]), tuple(c["topics"]), str(c["old_value"]), str(c["find"]), str(c["replace"]), tuple(c["expected"]))
+            for c in data["changes"]
+        ]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+        raise DriftFileError(f"{path}: {exc}") from exc
+    for change in changes:
+        for pattern in change.expected:
+            re.compile(pattern)
+    return changes
+
+
+def drifted_prompt(spec: PromptSpec, changes: list[FactChange]) -> PromptSpec:
+    """The prompt file with every change applied to its facts and few-shot answers."""
+
+    def edit(text: str) -> str:
+        for change in changes:
+            text = change.apply(text)
+        return text
+
+    return dataclasses.replace(
+        spec,
+        fact_sheet=tuple(Fact(fact.topic, edit(fact.fact)) for fact in spec.fact_sheet),
+        few_shot=tuple(FewShotExample(shot.user, edit(shot.assistant)) for shot in spec.few_shot),
+    )
+
+
+def affected_cases(domain: str, changes: list[FactChange], split: str | None) -> list[DriftCase]:
+    """Fact probes of a change's topics whose expected value is the old one."""
+    cases = load_cases(domain, split=split).sources.get("facts", [])
+    found = []
+    for case in cases:
+        for change in changes:
+            expected = tuple(case.info["expected"])
+            if case.info["topic"] in change.topics and any(re.search(p, change.old_value, re.IGNORECASE) for p in expected):
+                found.append(DriftCase(change, case.case_id, case.question, expected))
+    return found
+
+
+def run_drift(runtime: Runtime, domain: str, changes: list[FactChange], cases: list[DriftCase], max_new_tokens: int = 96) -> dict[str, Any]:
+    from bots.generation import GenerationSettings
+
+    settings = GenerationSettings(max_new_tokens=max_new_tokens)
+    variants: dict[str, Any] = {}
+    for name, spec in VARIANTS.items():
+        if spec.domain != domain or not runtime.bots[name].availability.ok:
+            continue
+        bot = dataclasses.replace(runtime.bots[name], prompt=drifted_prompt(runtime.bots[name].prompt, changes))
+        rows = []
+        for case in cases:
+            reply = bot.reply([{"role": "user", "content": case.question}], settings).text
+            rows.append({"probe": case.probe_id, "change": case.change.name, "new_value": states_fact(reply, case.change.expected), "old_value": states_fact(reply, case.old_expected), "reply": reply})
+        variants[name] = {"method": spec.method, "new_value": _rate([r["new_value"] for r in rows]), "old_value": _rate([r["old_value"] for r in rows]), "replies": rows}
+    return {"domain": domain, "changes": [dataclasses.asdict(c) for c in changes], "cases": len(cases), "variants": variants, "retraining": retraining_cost(runtime, domain)}
+
+
+def _rate(flags: list[bool]) -> dict[str, float | int]:
+    hits, n = sum(flags), len(flags)
+    low, high = wilson_interval(hits, n)
+    return {"value": hits / n if n else float("nan"), "ci_low": low, "ci_high": high, "hits": hits, "n": n}
+
+
+def retraining_cost(runtime: Runtime, domain: str) -> dict[str, Any] | None:
+    """CPU-minutes of the adapter's last training run, as the figure for 'retrain to keep up'."""
+    bot = next((b for b in runtime.bots.values() if b.spec.domain == domain and b.spec.method == "lora"), None)
+    path = getattr(bot, "adapter_path", None)
+    log = path / "training_log.json" if path else None
+    if not log or not log.is_file():
+        return None
+    data = json.loads(log.read_text(encoding="utf-8"))
+    return {"train_minutes": round(data["train_seconds"] / 60, 1), "threads": data["config"].get("threads"), "dialogs": data["split_sizes"].get("train")}
+
+
+def format_summary(result: dict[str, Any]) -> str:
+    lines = [f"fact drift, {result['domain']}: {len(result['changes'])} changed facts, {result['cases']} affected probes"]
+    for name, row in result["variants"].items():
+        new, old = row["new_value"], row["old_value"]
+        lines.append(f"  {name:18} new value {new['value']:.2f} [{new['ci_low']:.2f}, {new['ci_high']:.2f}] ({new['hits']}/{new['n']}), old value still {old['value']:.2f} ({old['hits']}/{old['n']})")
+    if result["retraining"]:
+        lines.append(f"  retraining the adapter to catch up: {result['retraining']['train_minutes']} CPU-minutes (its last run)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = CommandParser(prog="python -m training.fact_drift", description="Change a few facts and measure which variants keep up without retraining.")
+    parser.add_argument("--domain", default="ecommerce", choices=sorted(path.stem for path in DRIFT_DIR.glob("*.yaml")))
+    parser.add_argument("--split", choices=("dev", "test", "all"), default="all", help="fact probes used (default all: nothing is chosen on this test)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    args = parser.parse_args(argv)
+    changes = load_changes(args.domain)
+    cases = affected_cases(args.domain, changes, None if args.split == "all" else args.split)
+    if not cases:
+        parser.error(f"no fact probe of {args.domain} is affected by {DRIFT_DIR / (args.domain + '.yaml')}")
+    result = run_drift(get_runtime(), args.domain, changes, cases, args.max_new_tokens)
+    result["split"] = args.split
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(format_summary(result))
+    print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
