@@ -50,14 +50,14 @@ class GuardDecision:
 
     @property
     def score(self) -> float | None:
-        """The detector's probability of the tier it chose (None when it did not run)."""
-        return self.detection.score if self.detection else None
+        """The detector's probability of the decided tier (None when it did not run)."""
+        return self.detection.scores[self.tier] if self.detection else None
 
     def note(self) -> str:
         """One line for the page and logs; '' when the guard did not act."""
         if not self.acted:
             return ""
-        score = f", detector score {self.detection.scores[self.tier]:.2f}" if self.detection else ""
+        score = f", detector score {self.score:.2f}" if self.score is not None else ""
         flag = f"red flag: {self.red_flag.replace('_', ' ')}; " if self.red_flag else ""
         if self.tier == "emergency":
             return f"Emergency guard acted ({flag}by {self.by}{score}): the reply opens with the escalation."
