@@ -19,7 +19,7 @@ from bots.cli_args import CommandParser
 from bots.guard import RULES_ONLY, EmergencyGuard
 from bots.safety_eval import SAFETY_EVAL_DIR, EvalResult, TieredMessage, evaluate, load_labelled, load_tiered
 from bots.safety_eval.tiered import PARTS, GuardReport, Rate, evaluate_guard
-from training.stats import wilson_interval
+from training.stats import wilson_interval  # a command, not the library: it may use the evaluation's statistics
 
 TIERED_SETS = ("tiers_train", "tiers_dev", "tiers_test")
 DEFAULT_SETS = ("tiers_test", "probes")
