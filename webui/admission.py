@@ -26,7 +26,6 @@ by default), so the group's limit must stay below that.
 from __future__ import annotations
 
 import functools
-import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from bots import gate
 from bots.gate import Ticket
 from bots.registry import peek_runtime
 
-ENV_MAX_IN_FLIGHT = "TOP_MAX_IN_FLIGHT"
+ENV_MAX_IN_FLIGHT = gate.ENV_MAX_IN_FLIGHT
 GRADIO_WORKER_THREADS = 40
 """Gradio's default ``max_threads`` (Blocks.launch): sync handlers run on these threads."""
 CONCURRENCY_ID = "generation"
@@ -73,13 +72,12 @@ class AdmissionConfig:
 
     @classmethod
     def from_env(cls) -> AdmissionConfig:
-        raw = os.environ.get(ENV_MAX_IN_FLIGHT, "").strip()
-        if not raw:
-            return cls().validate()
+        """The limit from TOP_MAX_IN_FLIGHT, read as the API's gate reads it (bots.gate)."""
+        limit = gate.GateConfig.from_env().max_in_flight
         try:
-            return cls(max_in_flight=int(raw)).validate()
+            return cls(max_in_flight=limit).validate()
         except ValueError as exc:
-            raise ValueError(f"{ENV_MAX_IN_FLIGHT}={raw!r}: {exc}") from exc
+            raise ValueError(f"{ENV_MAX_IN_FLIGHT}={limit}: {exc}") from exc
 
     def validate(self) -> AdmissionConfig:
         if self.max_in_flight < 1 or (self.max_running is not None and not 1 <= self.max_running <= self.max_in_flight):
