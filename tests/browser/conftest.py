@@ -94,6 +94,9 @@ def page(browser: Browser, served: ServedUI, request: pytest.FixtureRequest) -> 
     opened = context.new_page()
     opened.goto(served.url)
     opened.get_by_role("tab", name="Chat").wait_for()
+    # The page is ready once its load event has shown the first variant's status; a click before
+    # that can be overwritten by the load's late answer (seen once on a busy machine).
+    opened.get_by_text("ecommerce-prompt is available").wait_for()
     try:
         yield opened
     finally:
