@@ -192,10 +192,12 @@ class LoraBot(Bot):
     """The fine-tuning method: the domain's LoRA adapter on, a short system prompt only."""
 
     adapter_path: Path | None = None
+    adapter_name: str | None = None
+    """The backbone's name for the adapter; None: the domain's (the data-efficiency curve loads others)."""
 
     @property
     def adapter(self) -> str | None:
-        return self.spec.domain
+        return self.adapter_name or self.spec.domain
 
     def render(self, conversation: list[Message], override: PromptOverride | None = None) -> list[Message]:
         # No fact sheet, no few-shot: what it knows it must have learned. Overrides do not apply.

@@ -32,6 +32,8 @@ MODULES = (
     "training.hub_cards",
     "training.train_detector",
     "training.fact_drift",
+    "training.data_curve",
+    "training.method_table",
     "webui.votes",
     "webui.leaderboard",
     "tests.check_wheel",

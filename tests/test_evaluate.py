@@ -12,10 +12,13 @@ from bots.base_model import LoadedBase
 from bots.bot import Bot, ReplyStream
 from bots.registry import VARIANTS, Runtime
 from tests.tiny_model import save_tiny_adapter
-from training import evaluate
+from training import evaluate, method_table
+from training.curve_report import CURVE_FILE, CURVE_PLOT, plot_curve
 from training.eval_data import PROBE_SOURCES, PROBES_DIR, read_probe_file
 from training.eval_report import render_report
+from training.method_table_report import TABLE_FILE
 from training.metrics import METRICS, metrics_for
+from training.report_sections import rerender_report
 from webui.report_tab import DEFAULT_REPORT_DIR, build_report_tab, load_results, shown_path
 
 SYSTEM = {"role": "system", "content": "short system prompt"}
@@ -253,3 +256,23 @@ def test_report_tab_builds_with_and_without_a_report(full_runtime: Runtime, tmp_
 def test_report_path_is_shown_relative_to_the_repository(tmp_path: Path) -> None:
     assert shown_path(DEFAULT_REPORT_DIR / "report.md") == "training/reports/report.md"
     assert shown_path(tmp_path / "elsewhere" / "report.md") == "report.md"
+
+
+def test_report_and_tab_show_the_methods_table_and_the_curve_when_their_files_exist(full_runtime: Runtime, tmp_path: Path) -> None:
+    out, results = _run(full_runtime, tmp_path, "--variants", "ecommerce-lora,ecommerce-prompt", limit=1)
+    assert "## The methods compared" not in (out / "report.md").read_text()
+    table = method_table.build_table(results, method_table.load_table_config(), tmp_path / "adapters", out, {})
+    (out / TABLE_FILE).write_text(json.dumps(table))
+    point = {"dialogs": 50, "shipped": False, "train_tokens": 6000, "train_minutes": 1.5, "peak_rss_mb": 2000.0, "values": {"fact_accuracy": {"value": 0.4, "ci_low": 0.3, "ci_high": 0.5, "n": 40}}, "against_prompt": {"fact_accuracy": None}}
+    reference = {"prompt": {"variant": "ecommerce-prompt", "values": {"fact_accuracy": {"value": 0.3, "ci_low": 0.2, "ci_high": 0.4, "n": 40}}}}
+    curve = {"meta": {"split": "test", "max_new_tokens": 96, "date": "d", "duration_s": 60}, "domains": {"ecommerce": {"metrics": ["fact_accuracy"], "cases": {"facts": 40}, "points": [point], "reference": reference}}}
+    (out / CURVE_FILE).write_text(json.dumps(curve))
+    plot_curve(curve, out / CURVE_PLOT)
+    rerender_report(out)
+    report = (out / "report.md").read_text()
+    assert report.index("## Reading") < report.index("## The methods compared") < report.index("## Data efficiency") < report.index("## Metric definitions")
+    with gr.Blocks() as filled, gr.Tab("Evaluation"):
+        build_report_tab(out)
+    texts = " ".join(str(getattr(block, "value", "")) for block in filled.blocks.values())
+    assert "The methods compared" in texts and "Data efficiency" in texts
+    assert [type(block).__name__ for block in filled.blocks.values()].count("Image") == 3  # bars, scatter and the curve

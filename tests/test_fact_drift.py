@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from bots.base_model import LoadedBase
 from bots.registry import Runtime
 from prompts import load_prompt_spec
-from training.fact_drift import affected_cases, drifted_prompt, format_summary, load_changes, run_drift
+from training.fact_drift import DriftFileError, affected_cases, drifted_prompt, format_summary, load_changes, run_drift
 
 
 def test_every_change_edits_the_prompt_file_and_affects_probes() -> None:
@@ -32,3 +34,21 @@ def test_run_reports_every_variant_of_the_domain_with_paired_cases(tiny_base: Lo
         assert row["new_value"]["n"] == len(cases) == len(row["replies"])
         assert row["new_value"]["ci_low"] <= row["new_value"]["value"] <= row["new_value"]["ci_high"]
     assert "affected probes" in format_summary(result)
+
+
+def test_medical_drift_edits_every_prompt_and_affects_every_emergency_probe_of_the_split() -> None:
+    changes = load_changes("medical")
+    spec = load_prompt_spec("medical")
+    drifted = drifted_prompt(spec, changes)
+    assert "911" in spec.system_message() and "911" not in drifted.system_message() and "112" in drifted.system_message()
+    cases = affected_cases("medical", changes, "test")
+    assert cases and all(case.probe_id.startswith("emg-") for case in cases)
+    assert all(case.old_expected == ("\\b911\\b",) for case in cases)
+
+
+def test_a_change_of_an_unknown_source_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "ecommerce.yaml").write_text(
+        "changes:\n  - {name: x, source: nowhere, topics: ['*'], old_value: a, find: a, replace: b, expected: [b]}\n"
+    )
+    with pytest.raises(DriftFileError, match="source must be one of"):
+        load_changes("ecommerce", tmp_path)

@@ -10,6 +10,7 @@ no command of its own (``python -m training.evaluate`` writes the report).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -409,13 +410,15 @@ def _provenance(results: Results) -> str:
     return markdown_table(["what", "file", "sha256"], rows) if rows else "(no files)"
 
 
-def render_report(results: Results, plots: dict[str, Path]) -> str:
-    """The whole report.md as text; ``plots`` maps plot keys ('ecommerce', 'medical', 'scatter') to files."""
+def render_report(results: Results, plots: dict[str, Path], extras: Sequence[str] = ()) -> str:
+    """The whole report.md as text; ``plots`` maps plot keys ('ecommerce', 'medical', 'scatter') to files;
+    ``extras`` are sections made elsewhere (training/report_sections.py), placed after the reading."""
     parts = ["# Tune or Prompt: evaluation of the variants", _header(results)]
     notes = _notes(results)
     if notes:
         parts.append("## Notes\n" + "\n".join(f"- {note}" for note in notes))
     parts.append("## Reading\n" + "\n".join(reading(results)))
+    parts.extend(extras)
     for domain in DOMAIN_ORDER:
         if not entries_of(results, domain):
             continue
@@ -447,6 +450,6 @@ def render_report(results: Results, plots: dict[str, Path]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def write_report(results: Results, path: Path, plots: dict[str, Path]) -> Path:
-    path.write_text(render_report(results, plots), encoding="utf-8")
+def write_report(results: Results, path: Path, plots: dict[str, Path], extras: Sequence[str] = ()) -> Path:
+    path.write_text(render_report(results, plots, extras), encoding="utf-8")
     return path

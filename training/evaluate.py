@@ -652,7 +652,10 @@ def write_outputs(results: dict[str, Any], records: Sequence[ReplyRecord], out_d
         for record in records:
             handle.write(json.dumps(asdict(record), ensure_ascii=False) + "\n")
     plots = write_plots(results, out_dir)
-    write_report(results, out_dir / "report.md", plots)
+    # The methods table and the data-efficiency curve come from their own commands' files, when present.
+    from training.report_sections import extra_sections
+
+    write_report(results, out_dir / "report.md", plots, extra_sections(out_dir))
 
 
 # --------------------------------------------------------------------------- CLI

@@ -1,11 +1,13 @@
 """The fact-drift test: change a few facts of a domain and see which variants keep up without retraining.
 
     python -m training.fact_drift                          # ecommerce, every split, llama.cpp backend
-    python -m training.fact_drift --split test --out training/reports/fact_drift.json
+    python -m training.fact_drift --domain medical         # the emergency number of another country
 
 The changes are data (``training/drift/<domain>.yaml``): each replaces an old value by a new
-one in the domain's prompt file (fact sheet and few-shot answers, as an operator would edit
-the file) and names the fact probes it affects. Every variant of the domain then answers the
+one in the domain's prompt file (system prompts, fact sheet and few-shot answers, as an
+operator would edit the file) and names the probes it affects (fact probes of some topics, or
+emergency probes of some red flags). Replies are the model's alone (guards off: a guard's
+fixed text would hide what the model does). Every variant of the domain then answers the
 affected probes with the drifted prompt file: a prompt variant reads the new value on every
 request; an adapter learned the old one, and keeps it until it is retrained. The report counts,
 per variant, replies that state the new value and replies that still state the old one (95%
@@ -34,7 +36,13 @@ from training.metrics import states_fact
 from training.stats import wilson_interval
 
 DRIFT_DIR = Path(__file__).resolve().parent / "drift"
-DEFAULT_OUT = Path(__file__).resolve().parent / "reports" / "fact_drift.json"
+REPORTS = Path(__file__).resolve().parent / "reports"
+ALL = "*"
+"""In ``topics``: every probe of the source."""
+
+
+def default_out(domain: str) -> Path:
+    return REPORTS / f"fact_drift_{domain}.json"
 
 
 class DriftFileError(ValueError):
@@ -49,6 +57,10 @@ class FactChange:
     find: str
     replace: str
     expected: tuple[str, ...]
+    source: str = "facts"
+    """The probe source it affects: 'facts' (by topic) or 'emergencies' (by red flag)."""
+    old_expected: tuple[str, ...] = ()
+    """What states the old value; empty: the probe's own expected patterns that match old_value."""
 
     def apply(self, text: str) -> str:
         return text.replace(self.find, self.replace)
@@ -67,13 +79,18 @@ def load_changes(domain: str, folder: Path = DRIFT_DIR) -> list[FactChange]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
         changes = [
-            FactChange(str(c["name"]), tuple(c["topics"]), str(c["old_value"]), str(c["find"]), str(c["replace"]), tuple(c["expected"]))
+            FactChange(
+                str(c["name"]), tuple(c["topics"]), str(c["old_value"]), str(c["find"]), str(c["replace"]), tuple(c["expected"]),
+                str(c.get("source", "facts")), tuple(c.get("old_expected", ())),
+            )
             for c in data["changes"]
-        ]
+        ]  # fmt: skip
     except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
         raise DriftFileError(f"{path}: {exc}") from exc
     for change in changes:
-        for pattern in change.expected:
+        if change.source not in SOURCE_KEYS:
+            raise DriftFileError(f"{path}: {change.name}: source must be one of {', '.join(SOURCE_KEYS)}")
+        for pattern in (*change.expected, *change.old_expected):
             re.compile(pattern)
     return changes
 
@@ -88,19 +105,32 @@ def drifted_prompt(spec: PromptSpec, changes: list[FactChange]) -> PromptSpec:
 
     return dataclasses.replace(
         spec,
+        system_prompt=edit(spec.system_prompt),
+        lora_system_prompt=edit(spec.lora_system_prompt),
+        base_system_prompt=edit(spec.base_system_prompt),
         fact_sheet=tuple(Fact(fact.topic, edit(fact.fact)) for fact in spec.fact_sheet),
         few_shot=tuple(FewShotExample(shot.user, edit(shot.assistant)) for shot in spec.few_shot),
     )
 
 
+SOURCE_KEYS = {"facts": "topic", "emergencies": "red_flag"}
+"""Each probe source a change can affect, and the probe field its ``topics`` name."""
+
+
 def affected_cases(domain: str, changes: list[FactChange], split: str | None) -> list[DriftCase]:
-    """Fact probes of a change's topics whose expected value is the old one."""
-    cases = load_cases(domain, split=split).sources.get("facts", [])
+    """Probes of a change's topics (or red flags) whose old expectation is the old value."""
+    sources = load_cases(domain, split=split).sources
     found = []
-    for case in cases:
-        for change in changes:
-            expected = tuple(case.info["expected"])
-            if case.info["topic"] in change.topics and any(re.search(p, change.old_value, re.IGNORECASE) for p in expected):
+    for change in changes:
+        key = SOURCE_KEYS[change.source]
+        for case in sources.get(change.source, []):
+            if ALL not in change.topics and case.info.get(key) not in change.topics:
+                continue
+            if change.old_expected:
+                found.append(DriftCase(change, case.case_id, case.question, change.old_expected))
+                continue
+            expected = tuple(case.info.get("expected", ()))
+            if any(re.search(p, change.old_value, re.IGNORECASE) for p in expected):
                 found.append(DriftCase(change, case.case_id, case.question, expected))
     return found
 
@@ -116,7 +146,7 @@ def run_drift(runtime: Runtime, domain: str, changes: list[FactChange], cases: l
         bot = dataclasses.replace(runtime.bots[name], prompt=drifted_prompt(runtime.bots[name].prompt, changes))
         rows = []
         for case in cases:
-            reply = bot.reply([{"role": "user", "content": case.question}], settings).text
+            reply = bot.reply([{"role": "user", "content": case.question}], settings, guard=False).text
             rows.append({"probe": case.probe_id, "change": case.change.name, "new_value": states_fact(reply, case.change.expected), "old_value": states_fact(reply, case.old_expected), "reply": reply})
         variants[name] = {"method": spec.method, "new_value": _rate([r["new_value"] for r in rows]), "old_value": _rate([r["old_value"] for r in rows]), "replies": rows}
     return {"domain": domain, "changes": [dataclasses.asdict(c) for c in changes], "cases": len(cases), "variants": variants, "retraining": retraining_cost(runtime, domain)}
@@ -153,13 +183,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = CommandParser(prog="python -m training.fact_drift", description="Change a few facts and measure which variants keep up without retraining.")
     parser.add_argument("--domain", default="ecommerce", choices=sorted(path.stem for path in DRIFT_DIR.glob("*.yaml")))
     parser.add_argument("--split", choices=("dev", "test", "all"), default="all", help="fact probes used (default all: nothing is chosen on this test)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=Path, default=None, help="result file (default: training/reports/fact_drift_<domain>.json)")
     parser.add_argument("--max-new-tokens", type=int, default=96)
     args = parser.parse_args(argv)
     changes = load_changes(args.domain)
     cases = affected_cases(args.domain, changes, None if args.split == "all" else args.split)
     if not cases:
-        parser.error(f"no fact probe of {args.domain} is affected by {DRIFT_DIR / (args.domain + '.yaml')}")
+        parser.error(f"no probe of {args.domain} is affected by {DRIFT_DIR / (args.domain + '.yaml')}")
+    args.out = args.out or default_out(args.domain)
     result = run_drift(get_runtime(), args.domain, changes, cases, args.max_new_tokens)
     result["split"] = args.split
     args.out.parent.mkdir(parents=True, exist_ok=True)

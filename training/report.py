@@ -51,6 +51,10 @@ class TrainingReport:
     padding_fraction: float
     created: str
     log_history: list[dict[str, Any]] = field(default_factory=list)
+    train_cpu_seconds: float | None = None
+    """CPU time of the whole process over the Trainer.train call (every thread; None in old logs)."""
+    peak_rss_mb: float | None = None
+    """Peak resident memory of the training process (loading, training, scoring), in MB."""
 
 
 def write_log(folder: Path, report: TrainingReport) -> Path:

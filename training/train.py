@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import sys
 import time
 from collections.abc import Sequence
@@ -143,6 +144,11 @@ def make_trainer(config: TrainConfig, model: PeftModel, tokenizer: PreTrainedTok
     )
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_stamp() -> str:
     """The run folder's timestamp; under ``accelerate launch`` rank 0's, so every process shares one folder.
 
@@ -190,9 +196,10 @@ def train(config: TrainConfig, base: LoadedBase | None = None) -> Path:
     log.info("validation loss before training (base model): %.4f", validation_before)
 
     trainer.reset_counters()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     trainer.train()
     train_seconds = time.perf_counter() - started
+    train_cpu_seconds = time.process_time() - cpu_started
 
     # load_best_model_at_end has put the best epoch's weights back; score the test split.
     model.eval()
@@ -239,6 +246,8 @@ def train(config: TrainConfig, base: LoadedBase | None = None) -> Path:
         padding_fraction=1 - real / padded if padded else 0.0,
         created=metadata.created,
         log_history=trainer.state.log_history,
+        train_cpu_seconds=train_cpu_seconds,
+        peak_rss_mb=peak_rss_mb(),
     )
     write_report(output, report, base.hub_id or base.name)
     log.info("test loss: base %.4f -> adapter %.4f; adapter written to %s", base_test.loss, adapter_test.loss, output)

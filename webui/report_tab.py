@@ -15,6 +15,7 @@ from typing import Any
 
 import gradio as gr
 
+from training.curve_report import CURVE_PLOT
 from training.eval_report import (
     DOMAIN_ORDER,
     comparison_table,
@@ -25,6 +26,7 @@ from training.eval_report import (
     reading,
     run_summary,
 )
+from training.report_sections import extra_sections
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REPORT_DIR = REPO_ROOT / "training" / "reports"
@@ -101,6 +103,11 @@ def build_report_tab(report_dir: Path | None = None) -> None:
             with gr.Accordion(f"{domain}: paired comparisons (A − B, 95% interval, p)", open=False):
                 gr.Dataframe(value=comparison_rows, headers=comparison_header, datatype="markdown", interactive=False, wrap=True)
     _image(report_dir / "quality_vs_latency.png", "quality against latency")
+    # The measured methods table and the data-efficiency curve, each from its own command's file.
+    for section in extra_sections(report_dir):
+        gr.Markdown(section.replace(f"![data efficiency]({CURVE_PLOT})", ""))
+        if section.startswith("## Data efficiency"):
+            _image(report_dir / CURVE_PLOT, "LoRA quality against training dialogs, the prompt and the control across (95% intervals)")
     with gr.Accordion("Metric definitions", open=False):
         gr.Markdown(definitions())
     report = report_dir / "report.md"
