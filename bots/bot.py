@@ -1,4 +1,6 @@
-"""The Bot interface and its kinds: PromptedBot (template, adapters off), LoraBot and BaseBot (the control).
+"""The Bot interface and its kinds, one per method: RetrievalBot (the prompt method: retrieved facts
+and selected examples, adapters off), LoraBot, BaseBot (the control) and PromptedBot (the static
+full-sheet template, kept as an ablation).
 
 A bot turns a conversation into chat messages for the backbone, fits them into the
 context budget and streams the reply. ``bot.stream(...)`` returns a ReplyStream: iterate
@@ -18,7 +20,7 @@ from bots.generation import GenerationSettings, GenerationStats
 from bots.guard import RULES_ONLY, EmergencyGuard, GuardDecision
 from bots.safety import Screening, screen
 from prompts import FewShotExample, PromptSpec, render_lora, render_prompted
-from prompts.loader import render_base
+from prompts.loader import render_base, render_retrieval, retrieval_query, retrieved_facts
 
 Message = dict[str, str]
 
@@ -34,7 +36,7 @@ class VariantSpec:
     name: str
     domain: str
     method: str
-    """'lora', 'prompt' or 'base' (the control: the bare base model with a one-line system prompt)."""
+    """A key of bots.registry.METHODS: 'lora', 'prompt', 'base' (the control), 'static' (ablation)..."""
     label: str
     emergency_guard: bool = False
     """Open the reply with the escalation when a message matches a red flag (bots/safety.py)."""
@@ -167,7 +169,7 @@ def _guard_note(screening: Screening) -> str:
 
 
 class PromptedBot(Bot):
-    """The prompt-template method: full system prompt, fact sheet and few-shot; no adapter."""
+    """The static template (an ablation of the prompt method): full system prompt, whole fact sheet, fixed few-shot; no adapter."""
 
     @property
     def adapter(self) -> str | None:
@@ -184,6 +186,36 @@ class PromptedBot(Bot):
             "Base model with **no adapter**. Every request carries this system message and "
             f"{len(self.prompt.few_shot)} few-shot dialogs (from `prompts/{self.prompt.domain}.yaml`).\n\n"
             f"#### System message\n```text\n{self.prompt.system_message()}\n```\n\n#### Few-shot dialogs\n{shots}"
+        )
+
+
+class RetrievalBot(Bot):
+    """The prompt method: a short instruction, the facts BM25 ranks first for the conversation and
+    the most similar example dialogs (prompts/bm25.py); no adapter."""
+
+    @property
+    def adapter(self) -> str | None:
+        return None
+
+    def render(self, conversation: list[Message], override: PromptOverride | None = None) -> list[Message]:
+        override = override or PromptOverride()
+        return render_retrieval(self.prompt, conversation, override.system_prompt, override.few_shot)
+
+    def describe(self) -> str:
+        design = self.prompt.retrieval
+        if design is None:
+            return PromptedBot.describe(self)  # type: ignore[arg-type]
+        example = self.prompt.example_questions[0]
+        facts = retrieved_facts(self.prompt, retrieval_query([{"role": "user", "content": example}]))
+        return (
+            f"### {self.spec.label}\n"
+            "Base model with **no adapter**. Each request carries a short instruction, the "
+            f"{design.settings.facts} facts that BM25 ranks first for the conversation (plus "
+            f"{', '.join(design.settings.always) or 'none'} always) and the {design.settings.examples} most similar of "
+            f"{len(design.example_pool)} example dialogs (from `prompts/{self.prompt.domain}.yaml` and "
+            f"`prompts/retrieval/{self.prompt.domain}.yaml`).\n\n"
+            f"#### Instruction\n```text\n{design.system_prompt}\n```\n\n"
+            f"#### Retrieved for \"{example}\"\n" + "\n".join(f"- {fact.topic}: {fact.fact}" for fact in facts)
         )
 
 

@@ -1,8 +1,11 @@
-"""The variants (each domain as LoRA, prompt template and bare-base control), as data, and the runtime that serves them.
+"""The variants, generated as domains × methods, and the runtime that serves them.
 
-``VARIANTS`` is what the UI, the CLI, the tests and the evaluation iterate. A method name
-maps to a bot class; a LoRA variant whose adapter cannot be loaded is kept in the registry
-as unavailable with the reason (never silently answered by the bare base model).
+A domain is a prompt file (``prompts/<domain>.yaml``: its title, label, facts and whether the
+emergency guard applies); a method is an entry of ``METHODS`` (a bot class and a label).
+``VARIANTS`` (``<domain>-<method>``) is what the UI, the CLI, the tests and the evaluation
+iterate: adding a domain adds a file, not code. A LoRA variant whose adapter cannot be loaded
+is kept in the registry as unavailable with the reason (never silently answered by the bare
+base model).
 
 ``get_runtime()`` loads the base model once per process, with the backend the spec
 chooses (bots.backends), and builds every bot.
@@ -19,9 +22,9 @@ from typing import TYPE_CHECKING
 from bots.backbone_base import AdapterError, BackboneBase
 from bots.backends import build_backbone
 from bots.base_source import BaseModelSpec
-from bots.bot import Availability, BaseBot, Bot, LoraBot, PromptedBot, VariantSpec
+from bots.bot import Availability, BaseBot, Bot, LoraBot, PromptedBot, RetrievalBot, VariantSpec
 from bots.guard import EmergencyGuard
-from prompts import load_prompt_spec
+from prompts import available_domains, load_prompt_spec
 
 if TYPE_CHECKING:
     from bots.base_model import LoadedBase
@@ -29,19 +32,45 @@ if TYPE_CHECKING:
 ENV_ADAPTERS = "TOP_ADAPTERS_DIR"
 PACKAGED_ADAPTERS = Path(__file__).resolve().parent / "adapters"
 
-VARIANTS: dict[str, VariantSpec] = {
-    spec.name: spec
-    for spec in (
-        VariantSpec("ecommerce-lora", "ecommerce", "lora", "E-commerce · LoRA adapter"),
-        VariantSpec("ecommerce-prompt", "ecommerce", "prompt", "E-commerce · prompt template"),
-        VariantSpec("ecommerce-base", "ecommerce", "base", "E-commerce · base model (control)"),
-        VariantSpec("medical-lora", "medical", "lora", "Medical · LoRA adapter", emergency_guard=True),
-        VariantSpec("medical-prompt", "medical", "prompt", "Medical · prompt template", emergency_guard=True),
-        VariantSpec("medical-base", "medical", "base", "Medical · base model (control)", emergency_guard=True),
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One way of building a domain's bot on the shared base model."""
+
+    name: str
+    bot_class: type[Bot]
+    label: str
+    headline: bool = False
+    """One of the two methods the product compares (the Chat tab opens on these)."""
+
+
+METHODS: dict[str, MethodSpec] = {
+    method.name: method
+    for method in (
+        MethodSpec("lora", LoraBot, "LoRA adapter", headline=True),
+        MethodSpec("prompt", RetrievalBot, "prompt (retrieved facts, selected examples)", headline=True),
+        MethodSpec("base", BaseBot, "base model (control)"),
+        MethodSpec("static", PromptedBot, "static full-sheet prompt (ablation)"),
     )
 }
-BOT_CLASSES: dict[str, type[Bot]] = {"lora": LoraBot, "prompt": PromptedBot, "base": BaseBot}
+"""Column order everywhere: the two headline methods, the control, then ablations."""
+
+
+def build_variants(domains: list[str] | None = None) -> dict[str, VariantSpec]:
+    specs = {}
+    for domain in domains if domains is not None else available_domains():
+        prompt = load_prompt_spec(domain)
+        for method in METHODS.values():
+            name = f"{domain}-{method.name}"
+            specs[name] = VariantSpec(name, domain, method.name, f"{prompt.label} · {method.label}", emergency_guard=prompt.emergency_guard)
+    return specs
+
+
+VARIANTS: dict[str, VariantSpec] = build_variants()
+BOT_CLASSES: dict[str, type[Bot]] = {name: method.bot_class for name, method in METHODS.items()}
 DOMAINS: tuple[str, ...] = tuple(dict.fromkeys(spec.domain for spec in VARIANTS.values()))
+HEADLINE_VARIANTS: tuple[str, ...] = tuple(name for name, spec in VARIANTS.items() if METHODS[spec.method].headline)
 
 
 class UnknownVariant(KeyError):
@@ -102,7 +131,7 @@ class Runtime:
         bots = build_bots(backbone, adapters_dir)
         if warm_prompts:
             for bot in bots.values():
-                if bot.availability.ok and bot.spec.method == "prompt":
+                if bot.availability.ok and bot.spec.method in ("prompt", "static"):
                     backbone.prefill(backbone.encode(bot.render([{"role": "user", "content": ""}])), bot.adapter)
             # The detector's embedding context (on llama.cpp its truncated GGUF, cached) before the first user.
             next(iter(bots.values())).emergency.detect("warm-up")

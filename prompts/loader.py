@@ -1,9 +1,14 @@
 """Load a domain's prompt file (prompts/<domain>.yaml) and render it into chat messages.
 
-The prompt-template variant's messages are built with langchain-core: a system message
-(system prompt + fact sheet), the few-shot dialogs (FewShotChatMessagePromptTemplate),
-the conversation history (MessagesPlaceholder) and the new user message. The result is a
-plain list of ``{"role", "content"}`` dicts for the tokenizer's chat template.
+Messages are built with langchain-core: a system message, few-shot dialogs
+(FewShotChatMessagePromptTemplate), the conversation history (MessagesPlaceholder) and the
+new user message. The result is a plain list of ``{"role", "content"}`` dicts for the
+tokenizer's chat template. Two prompt designs:
+
+- ``render_retrieval`` (the prompt method): a short instruction, the few facts BM25 ranks first
+  for the conversation, and the few-shot dialogs a BM25 example selector picks from a pool
+  (``prompts/retrieval/<domain>.yaml``; see prompts/bm25.py);
+- ``render_prompted`` (the static ablation): the whole fact sheet and fixed few-shot dialogs.
 
 Run ``python -m prompts ecommerce`` to print the rendered messages of a sample turn.
 """
@@ -18,7 +23,10 @@ import yaml
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.prompts import ChatPromptTemplate, FewShotChatMessagePromptTemplate, MessagesPlaceholder
 
+from prompts.bm25 import BM25ExampleSelector, BM25Index, RetrievalSettings
+
 PROMPTS_DIR = Path(__file__).resolve().parent
+RETRIEVAL_DIR = PROMPTS_DIR / "retrieval"
 REQUIRED_KEYS = (
     "domain",
     "title",
@@ -43,6 +51,18 @@ class PromptFileError(ValueError):
 class Fact:
     topic: str
     fact: str
+    keywords: str = ""
+    """Words users say for this topic (retrieval only; never shown to the model)."""
+
+
+@dataclass(frozen=True)
+class RetrievalPrompt:
+    """The prompt method's design: a short instruction, retrieved facts and selected examples."""
+
+    system_prompt: str
+    facts_header: str
+    settings: RetrievalSettings
+    example_pool: tuple[FewShotExample, ...]
 
 
 @dataclass(frozen=True)
@@ -66,6 +86,12 @@ class PromptSpec:
     fact_sheet: tuple[Fact, ...]
     few_shot: tuple[FewShotExample, ...]
     example_questions: tuple[str, ...]
+    label: str = ""
+    """Short name of the domain in variant labels ('E-commerce')."""
+    emergency_guard: bool = False
+    """Whether the emergency guard (rules + detector) opens replies to red-flag messages."""
+    retrieval: RetrievalPrompt | None = None
+    """None: the file has no retrieval section (the prompt method then falls back to the static design)."""
 
     def fact_sheet_text(self) -> str:
         return "\n".join(f"- {item.topic}: {item.fact}" for item in self.fact_sheet)
@@ -76,7 +102,7 @@ class PromptSpec:
 
 
 def available_domains() -> list[str]:
-    return sorted(path.stem for path in PROMPTS_DIR.glob("*.yaml"))
+    return sorted(path.stem for path in PROMPTS_DIR.glob("*.yaml"))  # retrieval pools live in retrieval/, not here
 
 
 def _require_text(raw: dict, key: str, path: Path) -> str:
@@ -104,8 +130,11 @@ def parse_prompt_spec(raw: object, path: Path) -> PromptSpec:
     questions = raw["example_questions"]
     if not isinstance(questions, list) or not all(isinstance(q, str) and q.strip() for q in questions):
         raise PromptFileError(f"{path}: example_questions must be a list of non-empty strings")
+    domain = _require_text(raw, "domain", path)
+    retrieval, keywords = _parse_retrieval(raw.get("retrieval"), path, domain, {fact.topic for fact in facts})
+    facts = tuple(Fact(fact.topic, fact.fact, keywords.get(fact.topic, "")) for fact in facts)
     return PromptSpec(
-        domain=_require_text(raw, "domain", path),
+        domain=domain,
         title=_require_text(raw, "title", path),
         assistant_name=_require_text(raw, "assistant_name", path),
         base_system_prompt=_require_text(raw, "base_system_prompt", path),
@@ -115,7 +144,37 @@ def parse_prompt_spec(raw: object, path: Path) -> PromptSpec:
         fact_sheet=facts,
         few_shot=shots,
         example_questions=tuple(q.strip() for q in questions),
+        label=str(raw.get("label") or domain).strip(),
+        emergency_guard=bool(raw.get("emergency_guard", False)),
+        retrieval=retrieval,
     )
+
+
+def _parse_retrieval(raw: object, path: Path, domain: str, topics: set[str]) -> tuple[RetrievalPrompt | None, dict[str, str]]:
+    """The ``retrieval`` section and its pool file (example pool and fact keywords)."""
+    if raw is None:
+        return None, {}
+    if not isinstance(raw, dict):
+        raise PromptFileError(f"{path}: 'retrieval' must be a mapping")
+    system_prompt = _require_text(raw, "system_prompt", path)
+    pool_path = path.parent / str(raw.get("pool", f"retrieval/{domain}.yaml"))
+    try:
+        pool = yaml.safe_load(pool_path.read_text(encoding="utf-8")) or {}
+        examples = tuple(FewShotExample(str(item["user"]).strip(), str(item["assistant"]).strip()) for item in pool["example_pool"])
+        keywords = {str(topic): " ".join(str(words).split()) for topic, words in (pool.get("fact_keywords") or {}).items()}
+        always = tuple(str(topic) for topic in raw.get("always", ()))
+        settings = RetrievalSettings(int(raw.get("facts", 3)), int(raw.get("examples", 2)), always, float(raw.get("min_score", 0.0)))
+    except OSError as exc:
+        raise PromptFileError(f"{pool_path}: cannot read the retrieval pool ({exc.strerror})") from exc
+    except (yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
+        raise PromptFileError(f"{pool_path}: needs 'example_pool' (user, assistant) and 'fact_keywords' ({exc!r})") from exc
+    unknown = sorted((set(keywords) | set(always)) - topics)
+    if unknown:
+        raise PromptFileError(f"{path}: retrieval names fact topics that are not in the fact sheet: {', '.join(unknown)}")
+    if not examples or settings.facts < 0 or settings.examples < 0:
+        raise PromptFileError(f"{path}: retrieval needs a non-empty example pool and non-negative 'facts' and 'examples'")
+    header = str(raw.get("facts_header", "Facts:")).strip()
+    return RetrievalPrompt(system_prompt, header, settings, examples), keywords
 
 
 def load_prompt_file(path: Path) -> PromptSpec:
@@ -173,6 +232,74 @@ def render_prompted(spec: PromptSpec, conversation: list[Message], system_prompt
     rendered = template.format_messages(
         system=spec.system_message(), history=to_langchain(conversation[:-1]), question=conversation[-1]["content"]
     )
+    return to_chat_dicts(rendered)
+
+
+@dataclass(frozen=True)
+class RetrievalTools:
+    """A domain's BM25 fact index and example selector, built once per prompt spec."""
+
+    facts: BM25Index
+    selector: BM25ExampleSelector
+    template: ChatPromptTemplate
+
+
+@cache
+def retrieval_tools(spec: PromptSpec) -> RetrievalTools:
+    design = spec.retrieval
+    if design is None:
+        raise PromptFileError(f"prompts/{spec.domain}.yaml has no 'retrieval' section")
+    facts = BM25Index([f"{fact.topic}. {fact.fact} {fact.keywords}" for fact in spec.fact_sheet])
+    examples = [{"user": shot.user, "assistant": shot.assistant} for shot in design.example_pool]
+    selector = BM25ExampleSelector(examples, design.settings.examples, min_score=design.settings.min_score)
+    example_prompt = ChatPromptTemplate.from_messages([("human", "{user}"), ("ai", "{assistant}")])
+    few_shot = FewShotChatMessagePromptTemplate(example_selector=selector, example_prompt=example_prompt, input_variables=["query"])
+    template = ChatPromptTemplate.from_messages([("system", "{system}"), few_shot, MessagesPlaceholder("history"), ("human", "{question}")])
+    return RetrievalTools(facts, selector, template)
+
+
+def retrieval_query(conversation: list[Message]) -> str:
+    """What retrieval matches on: the last two user turns (a follow-up keeps its topic)."""
+    users = [message["content"] for message in conversation if message["role"] == "user"]
+    return " ".join(users[-2:])
+
+
+def retrieved_facts(spec: PromptSpec, query: str) -> list[Fact]:
+    """The facts always sent, then the best-ranked others for ``query``."""
+    design = spec.retrieval
+    assert design is not None
+    always = [fact for fact in spec.fact_sheet if fact.topic in design.settings.always]
+    ranked = retrieval_tools(spec).facts.top(query, len(spec.fact_sheet), design.settings.min_score)
+    others = [spec.fact_sheet[i] for i in ranked if spec.fact_sheet[i].topic not in design.settings.always]
+    return always + others[: design.settings.facts]
+
+
+def retrieval_system_message(spec: PromptSpec, facts: list[Fact], system_prompt: str | None = None) -> str:
+    design = spec.retrieval
+    assert design is not None
+    text = system_prompt if system_prompt is not None else design.system_prompt
+    if not facts:
+        return text
+    return f"{text}\n\n{design.facts_header}\n" + "\n".join(f"- {fact.topic}: {fact.fact}" for fact in facts)
+
+
+def render_retrieval(spec: PromptSpec, conversation: list[Message], system_prompt: str | None = None, few_shot: tuple[FewShotExample, ...] | None = None) -> list[Message]:
+    """Messages for the prompt method: short instruction + retrieved facts, selected examples, history, question.
+
+    ``system_prompt`` replaces the instruction and ``few_shot`` the selected examples (the prompt lab).
+    """
+    if not conversation or conversation[-1]["role"] != "user":
+        raise ValueError("the conversation must end with a user message")
+    if spec.retrieval is None:
+        return render_prompted(spec, conversation, system_prompt, few_shot)
+    query = retrieval_query(conversation)
+    system = retrieval_system_message(spec, retrieved_facts(spec, query), system_prompt)
+    history, question = to_langchain(conversation[:-1]), conversation[-1]["content"]
+    if few_shot is not None:
+        fixed = _with_overrides(spec, None, few_shot)
+        rendered = build_chat_prompt(fixed).format_messages(system=system, history=history, question=question)
+    else:
+        rendered = retrieval_tools(spec).template.format_messages(system=system, history=history, question=question, query=query)
     return to_chat_dicts(rendered)
 
 

@@ -14,15 +14,34 @@ from bots.base_model import LoadedBase
 from bots.bot import VariantUnavailable
 from bots.conversation import ConversationError, clean_conversation
 from bots.generation import GenerationSettings, SettingsError
-from bots.registry import VARIANTS, Runtime
+from bots.registry import HEADLINE_VARIANTS, METHODS, VARIANTS, Runtime, build_variants
 from tests.tiny_model import save_tiny_adapter
 
 
 def test_registry_holds_every_domain_with_every_method() -> None:
-    methods = ("lora", "prompt", "base")
+    methods = tuple(METHODS)
+    assert {"lora", "prompt", "base", "static"} <= set(methods)
     assert set(VARIANTS) == {f"{d}-{m}" for d in ("ecommerce", "medical") for m in methods}
     assert {(v.domain, v.method) for v in VARIANTS.values()} == {(d, m) for d in ("ecommerce", "medical") for m in methods}
     assert all(v.emergency_guard == (v.domain == "medical") for v in VARIANTS.values())
+    assert HEADLINE_VARIANTS == ("ecommerce-lora", "ecommerce-prompt", "medical-lora", "medical-prompt")
+
+
+def test_variants_are_generated_from_the_domain_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import prompts.loader as loader
+
+    source = (loader.PROMPTS_DIR / "ecommerce.yaml").read_text()
+    (tmp_path / "garden.yaml").write_text(source.replace("domain: ecommerce", "domain: garden").replace("label: E-commerce", "label: Garden"))
+    (tmp_path / "retrieval").mkdir()
+    (tmp_path / "retrieval" / "garden.yaml").write_text((loader.RETRIEVAL_DIR / "ecommerce.yaml").read_text())
+    monkeypatch.setattr(loader, "PROMPTS_DIR", tmp_path)
+    loader.load_prompt_spec.cache_clear()
+    try:
+        variants = build_variants()
+    finally:
+        loader.load_prompt_spec.cache_clear()
+    assert list(variants) == [f"garden-{m}" for m in METHODS]
+    assert variants["garden-prompt"].label.startswith("Garden · ") and not variants["garden-lora"].emergency_guard
 
 
 def test_the_base_variant_is_the_bare_model_with_one_system_line(tiny_base: LoadedBase, tmp_path: Path) -> None:
@@ -93,9 +112,10 @@ def test_lora_bot_uses_its_adapter_and_prompt_bot_uses_none(tiny_base: LoadedBas
         assert reply.stats.new_tokens >= 1, name
         assert reply.stats.prompt_tokens > 0
     assert runtime.bots["ecommerce-lora"].adapter == "ecommerce"
-    assert runtime.bots["ecommerce-prompt"].adapter is None
-    # The prompt variant carries the fact sheet; the LoRA one does not.
-    assert replies["ecommerce-prompt"].stats.prompt_tokens > 5 * replies["ecommerce-lora"].stats.prompt_tokens
+    assert runtime.bots["ecommerce-prompt"].adapter is None and runtime.bots["ecommerce-static"].adapter is None
+    # The static ablation carries the whole fact sheet; the prompt method a few retrieved facts; the LoRA one none.
+    tokens = {name: replies[f"ecommerce-{name}"].stats.prompt_tokens for name in ("lora", "prompt", "static")}
+    assert tokens["static"] > 5 * tokens["lora"] and tokens["lora"] < tokens["prompt"] < tokens["static"]
 
 
 def test_stream_yields_pieces_that_add_up_to_the_reply(tiny_base: LoadedBase) -> None:
@@ -159,7 +179,8 @@ def test_a_single_message_longer_than_the_context_is_cut_from_the_front(tiny_bas
 
 def test_long_chats_never_crash(tiny_base: LoadedBase) -> None:
     runtime = Runtime.from_base(tiny_base, Path("/nonexistent"))
-    fixed_tokens = len(runtime.backbone.encode(runtime.bots["ecommerce-prompt"].render([{"role": "user", "content": "x"}])))
+    # The prompt method's fixed part (instruction, retrieved facts, selected dialogs) depends on the question.
+    fixed_tokens = len(runtime.backbone.encode(runtime.bots["ecommerce-prompt"].render([{"role": "user", "content": "question 0 " * 20}])))
     runtime.backbone.context_tokens = fixed_tokens + 300
     conversation = []
     for turn in range(12):

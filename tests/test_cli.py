@@ -14,7 +14,7 @@ from bots.base_model import LoadedBase
 from bots.bot import ReplyStream
 from bots.conversation import ConversationError
 from bots.generation import GenerationStats
-from bots.registry import Runtime, set_runtime
+from bots.registry import METHODS, Runtime, set_runtime
 from bots.safety import mask_card_numbers
 from tests.tiny_model import save_tiny_adapter
 
@@ -34,7 +34,7 @@ def test_list_shows_every_variant_and_why_one_is_unavailable(tiny_runtime: Runti
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("base model: tiny-llama")
     rows = {line.split()[0]: line for line in lines[1:]}
-    assert set(rows) == {f"{d}-{m}" for d in ("ecommerce", "medical") for m in ("lora", "prompt", "base")}
+    assert set(rows) == {f"{d}-{m}" for d in ("ecommerce", "medical") for m in METHODS}
     assert rows["ecommerce-lora"].endswith("available") and rows["medical-base"].split()[1:] == ["base", "available"]
     assert "unavailable: adapter folder" in rows["medical-lora"]
 

@@ -294,6 +294,7 @@ def main(argv: list[str] | None = None, runtime: Runtime | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where data_curve.json and the plot go (default: training/reports/)")
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK, help="where extra adapters are trained and cached (default: artifacts/curve)")
     parser.add_argument("--report-only", action="store_true", help="redraw the plot and report from data_curve.json; no model")
+    parser.add_argument("--train-only", action="store_true", help="train the missing adapters and stop (score them later)")
     parser.add_argument("--base-model", default=None, help="'embedded' (default), a hub id or a local folder; env TOP_BASE_MODEL")
     parser.add_argument("--adapters-dir", type=Path, default=None, help="folder of the shipped adapters (default: bots/adapters)")
     parser.add_argument("--backend", default=None, help="serving backend for scoring (default: the evaluation's, llama.cpp)")
@@ -315,6 +316,11 @@ def main(argv: list[str] | None = None, runtime: Runtime | None = None) -> int:
         config = load_curve_config(args.config, sizes=sizes, domains=domains, out_dir=args.out, work_dir=args.work_dir, adapters_dir=args.adapters_dir)
     except (OSError, ValueError) as exc:
         parser.error(str(exc))
+    if args.train_only:
+        for domain in config.chosen_domains():
+            for point in train_points(domain, config):
+                print(f"{domain}: {point.dialogs} dialogs in {_shown(point.folder)} ({point.train_minutes} min)")
+        return 0
     if args.backend is None:
         args.backend = "llamacpp"
     runtime = runtime or runtime_from_args(args, parser)

@@ -20,7 +20,7 @@ from training.eval_report import DOMAIN_ORDER, arrow, domain_title, entries_of, 
 from training.metrics import format_value, metrics_for  # noqa: E402
 
 Results = dict[str, Any]
-METHOD_COLOURS = {"lora": "tab:orange", "prompt": "tab:blue", "base": "tab:gray"}
+METHOD_COLOURS = {"lora": "tab:orange", "hybrid": "tab:red", "prompt": "tab:blue", "base": "tab:gray", "static": "tab:cyan"}
 HEADLINE = {"ecommerce": "fact_accuracy", "medical": "escalation_first_rate"}
 """The quality metric each domain is mostly about (the scatter's y axis)."""
 COLUMNS = 5

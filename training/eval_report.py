@@ -20,8 +20,9 @@ from training.stats import ALPHA, MIN_BOOTSTRAP_CASES
 
 Results = dict[str, Any]
 DOMAIN_ORDER = ("ecommerce", "medical")
-METHOD_ORDER = ("lora", "prompt", "base")
-METHOD_NAMES = {"lora": "LoRA", "prompt": "the prompt", "base": "the base model"}
+METHOD_ORDER = ("lora", "hybrid", "prompt", "base", "static")
+"""Report column order (bots.registry.METHODS, with hybrid beside LoRA); unknown methods go last."""
+METHOD_NAMES = {"lora": "LoRA", "hybrid": "the hybrid", "prompt": "the prompt", "base": "the base model", "static": "the static prompt"}
 CONTROL = "base"
 SOURCE_NAMES = {
     "test": "test-split dialogs",
@@ -292,7 +293,7 @@ def control_lines(results: Results, domain: str) -> list[str]:
             mark = " ✓" if row["significant"] and row.get("better") == name else " ✗" if row["significant"] else ""
             parts.append(f"{spec.label} {format_difference(spec, row)} {format_p(row['p_value'])}{mark}")
         if parts:
-            lines.append(f"  - what {METHOD_NAMES[method]} (`{name}`) buys over the control `{control}`: " + "; ".join(parts) + ".")
+            lines.append(f"  - what {METHOD_NAMES.get(method, method)} (`{name}`) buys over the control `{control}`: " + "; ".join(parts) + ".")
     if lines:
         lines.append("    (✓ significantly better than the control, ✗ significantly worse; no mark: not significant)")
     return lines

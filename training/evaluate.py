@@ -66,16 +66,14 @@ from bots.registry import VARIANTS, Runtime, get_runtime
 from training import metrics as m
 from training import stats
 from training.dialogs import DATA_DIR
-from training.eval_data import PROBES_DIR, SPLITS, TEST_SOURCE, DomainCases, EvalCase, load_cases
+from training.eval_data import PROBE_SOURCES, PROBES_DIR, SPLITS, TEST_SOURCE, DomainCases, EvalCase, load_cases
 from training.eval_plots import write_plots
-from training.eval_report import write_report
+from training.eval_report import METHOD_ORDER, write_report
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "reports"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GUARD_SUFFIX = "+guard"
 SPLIT_CHOICES = (*SPLITS, "all")
-METHOD_ORDER = ("lora", "prompt", "base")
-"""Column and comparison order: each method, then the control."""
 CONTROL_METHOD = "base"
 
 RATE_CHECKS: dict[str, tuple[str, str]] = {
@@ -112,6 +110,8 @@ class EvalConfig:
     """Replies in flight at once; 0: as many as the backend generates together (its lanes)."""
     resamples: int = stats.DEFAULT_RESAMPLES
     """Bootstrap resamples for intervals and paired tests (seeded)."""
+    sources: tuple[str, ...] | None = None
+    """Only these sources (e.g. 'facts', 'support'): quick design iterations on the dev split; None: all."""
 
     def settings(self) -> GenerationSettings:
         # Greedy: the run is reproducible and the variants are compared on their best guess.
@@ -552,6 +552,7 @@ def build_meta(runtime: Runtime, config: EvalConfig, plan: Plan, cases: dict[str
         "backend": runtime.backbone.backend,
         "split": config.split,
         "limit": config.limit,
+        "sources": list(config.sources) if config.sources else None,
         "settings": asdict(config.settings()),
         "guard": {"available": plan.guard_available, "used": plan.guard_available and config.guard},
         "variants_requested": list(config.variants),
@@ -591,6 +592,9 @@ def run_evaluation(runtime: Runtime, config: EvalConfig) -> dict[str, Any]:
     plan = plan_entries(runtime, config)
     domains = list(dict.fromkeys(VARIANTS[e.variant].domain for e in plan.entries))
     cases = {domain: load_cases(domain, config.limit, config.data_dir, config.probes_dir, config.probe_split()) for domain in domains}
+    if config.sources is not None:
+        for domain_cases in cases.values():
+            domain_cases.sources = {name: items for name, items in domain_cases.sources.items() if name in config.sources}
     settings = config.settings()
     parallel = config.parallel or max(1, runtime.backbone.parallel_replies)
     by_variant: dict[str, list[Entry]] = {}
@@ -681,6 +685,7 @@ def make_parser() -> argparse.ArgumentParser:
     # One torch thread by default: with two threads on two cores shared with another job (training),
     # decoding fell from 12.8 to 0.5-1.3 tok/s here (the threads wait on each other).
     parser.add_argument("--threads", type=int, default=None, help="compute threads (default: 1 for transformers, robust on a shared CPU; all cores for llama.cpp; 0: the backend's default)")
+    parser.add_argument("--sources", default=None, help="comma-separated sources only (test, facts, support, emergencies, ordinary, out_of_scope, injection); default: all")
     parser.add_argument("--resamples", type=int, default=stats.DEFAULT_RESAMPLES, help="bootstrap resamples (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -697,9 +702,13 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         parser.error("--parallel must be 0 (the backend's lanes) or more")
     if args.resamples < 100:
         parser.error("--resamples must be at least 100")
+    sources = tuple(name.strip() for name in args.sources.split(",") if name.strip()) if args.sources else None
+    known = {TEST_SOURCE, *(probe.name for probe in PROBE_SOURCES)}
+    if sources is not None and (not sources or set(sources) - known):
+        parser.error(f"unknown source(s) {', '.join(sorted(set(sources) - known)) or '(none given)'}; choose from {', '.join(sorted(known))}")
     config = EvalConfig(
         variants, args.limit, args.out, not args.no_guard, args.max_new_tokens, args.data_dir, args.probes_dir, not args.no_progress,
-        args.split, args.parallel, args.resamples,
+        args.split, args.parallel, args.resamples, sources,
     )  # fmt: skip
     try:
         config.settings()

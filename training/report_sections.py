@@ -15,10 +15,12 @@ from typing import Any
 
 from training.curve_report import CURVE_FILE, curve_markdown
 from training.method_table_report import TABLE_FILE, table_markdown
+from training.prompt_design_report import DESIGN_FILE, design_markdown
 
 SECTIONS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
     (TABLE_FILE, table_markdown),
     (CURVE_FILE, curve_markdown),
+    (DESIGN_FILE, design_markdown),
 )
 """File name and renderer, in report order."""
 

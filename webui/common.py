@@ -8,14 +8,12 @@ from typing import Any
 import gradio as gr
 
 from bots.bot import VariantSpec
+from bots.registry import METHODS as METHOD_SPECS
 from bots.registry import VARIANTS, get_runtime
 from prompts import load_prompt_spec
 
-METHODS = {
-    "lora": "LoRA adapter (fine-tuned)",
-    "prompt": "Prompt template (system prompt + facts + few-shot)",
-    "base": "Base model (the control: a one-line system prompt)",
-}
+METHODS = {name: method.label[0].upper() + method.label[1:] for name, method in METHOD_SPECS.items()}
+"""Method choices of the tabs, in registry order (the headline methods first)."""
 ChatHistory = list[dict[str, Any]]
 
 
