@@ -42,9 +42,10 @@ def _is_gguf_source(spec: BaseModelSpec) -> bool:
 
 
 def _build_llamacpp(spec: BaseModelSpec) -> BackboneBase:
-    from bots.llama_backbone import LlamaCppBackbone, load_gguf_base
+    from bots.llama_backbone import LlamaCppBackbone, LlamaServingConfig, load_gguf_base
 
-    return LlamaCppBackbone(load_gguf_base(spec))
+    config = LlamaServingConfig() if spec.lanes is None else LlamaServingConfig(lanes=spec.lanes)
+    return LlamaCppBackbone(load_gguf_base(spec), config=config)
 
 
 def _build_transformers(spec: BaseModelSpec) -> BackboneBase:

@@ -53,6 +53,8 @@ class BaseModelSpec:
     """Compute threads; None keeps the backend's default (all cores)."""
     backend: str = "auto"
     """Serving backend: 'auto' (the fastest installed that can run this source), 'llamacpp' or 'transformers'."""
+    lanes: int | None = None
+    """Replies generated together (llama.cpp); None keeps the backend's default."""
 
     @classmethod
     def from_env(cls, source: str | None = None, cache_dir: str | Path | None = None, backend: str | None = None) -> BaseModelSpec:

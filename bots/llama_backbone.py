@@ -45,8 +45,8 @@ from bots.gguf_lora import HeadLayout, cached_gguf_lora
 from bots.gguf_truncate import cached_truncated_gguf
 from bots.llama_engine import Context, EmbeddingContext, LlamaEngineError, LlamaModel, Run
 
-KV_FORMAT = "llama-cpp-python-0.3.36-f16-v1"
-"""Part of a prefix KV file's key: a new llama.cpp or a new layout makes new files."""
+KV_FORMAT = "llama-cpp-python-0.3.36-f16-v2"
+"""Part of a prefix KV file's key: a new llama.cpp or a new layout makes new files (v2: files are never saved after a share)."""
 
 
 @dataclass(frozen=True)
@@ -197,8 +197,11 @@ class LlamaCppBackbone(BackboneBase):
                         raise NotImplementedError("the base GGUF file is unknown: no truncated copy for the detector")
                     truncated = cached_truncated_gguf(self.base.path, blocks, self.cache_dir, self.base.fingerprint)
                     model = LlamaModel(truncated, self.model.threads)
-                context = self._embed_contexts[blocks] = EmbeddingContext(model, EMBED_MAX_TOKENS)
-            return context.embed(ids)
+                context = self._embed_contexts[blocks] = EmbeddingContext(model, EMBED_MAX_TOKENS, threads=self.model.threads)
+            # Between two scheduler rounds, never beside one: two llama.cpp thread teams spinning on
+            # two cores at once run many times slower than the same work one after the other.
+            with self.lock:
+                return context.embed(ids)
 
     # --- adapters ---------------------------------------------------------------------------
 
@@ -266,7 +269,7 @@ class LlamaCppBackbone(BackboneBase):
         if len(ids) > self.context_tokens:
             raise ContextOverflow(f"{len(ids)} tokens exceed the {self.context_tokens}-token context")
         split = len(prompt_ids) - 1  # the last prompt token's logits predict the first continuation token
-        with self._score_lock:
+        with self._score_lock, self.lock:  # between generation rounds, as embed()
             if self._closed:
                 raise GenerationError("the backbone is closed")
             if self._score_context is None:
@@ -368,8 +371,14 @@ class LlamaCppBackbone(BackboneBase):
                 still_waiting.append(job)
                 continue
             lane.busy = True
+            if job.prefill_only and job.kv_file is not None:
+                # A warm-up whose cache goes to a file is computed in its lane from scratch: cells
+                # shared from another lane are not all written by llama_state_seq_save_file (a file
+                # saved after a share reloads into a different reply; measured).
+                self.context.forget(lane.seq, 0)
+                lane.cached = []
             reuse = _common_prefix(lane.cached, job.prompt_ids) if lane.adapter == job.adapter else 0
-            donor, shared = self._best_donor(job, exclude=lane)
+            donor, shared = (None, 0) if job.prefill_only else self._best_donor(job, exclude=lane)
             limit = len(job.prompt_ids) - 1  # the last prompt token must be fed to get logits
             if donor is not None and min(shared, limit) > min(reuse, limit):
                 # Another lane holds a longer prefix of this prompt: share its cells instead of recomputing.

@@ -295,8 +295,7 @@ class EmbeddingContext:
         params.n_batch = max_tokens
         params.n_ubatch = max_tokens
         params.n_seq_max = 1
-        # One thread: the scheduler's generation threads own the cores, and llama.cpp's threads
-        # spin-wait on each other, so a second pool on a busy 2-core machine runs many times slower.
+        # The backbone runs it between generation rounds (its lock), so it may use every core.
         params.n_threads = threads
         params.n_threads_batch = threads
         params.embeddings = True

@@ -205,13 +205,16 @@ def test_a_reply_equals_a_fresh_single_context_decode_with_or_without_prefix_cac
 @needs_llama
 def test_the_prompt_variants_fixed_prefix_is_cached_at_start(llama_runtime) -> None:
     question = "Is it fine to take ibuprofen with food?"
-    backbone, bot = llama_runtime.backbone, llama_runtime.bot("medical-prompt")
-    reply = _ask(llama_runtime, "medical-prompt", question)
-    warm = backbone.encode(bot.render([{"role": "user", "content": ""}]))  # what the runtime prefilled at start
-    prompt = backbone.encode(bot.render([{"role": "user", "content": question}]))
-    shared = next(i for i, (a, b) in enumerate(zip(warm, prompt, strict=False)) if a != b)
-    assert shared > 500  # system prompt, fact sheet and few-shot dialogs
-    assert reply.stats.cached_prompt_tokens == shared  # all of it came from the cache, only the question was fed
+    # The static sheet: system prompt, every rule and the few-shot dialogs (> 500 tokens). The prompt
+    # method: its instruction and the rule it always sends (the emergency rule), before what it retrieves.
+    for variant, at_least in (("medical-static", 500), ("medical-prompt", 150)):
+        backbone, bot = llama_runtime.backbone, llama_runtime.bot(variant)
+        reply = _ask(llama_runtime, variant, question)
+        warm = backbone.encode(bot.render([{"role": "user", "content": ""}]))  # what the runtime prefilled at start
+        prompt = backbone.encode(bot.render([{"role": "user", "content": question}]))
+        shared = next(i for i, (a, b) in enumerate(zip(warm, prompt, strict=False)) if a != b)
+        assert shared > at_least, variant
+        assert reply.stats.cached_prompt_tokens >= shared, variant  # all of it came from the cache
 
 
 @needs_llama
@@ -388,19 +391,20 @@ def test_warm_prefixes_are_kept_on_disk_and_a_restart_loads_them_with_unchanged_
     question = [{"role": "user", "content": "Do you ship to Canada?"}]
 
     def start() -> Runtime:
-        backbone = LlamaCppBackbone(load_gguf_base(spec), config=LlamaServingConfig(lanes=2))
+        # A lane per warm prefix (both prompt methods of both domains), so none is evicted before the question.
+        backbone = LlamaCppBackbone(load_gguf_base(spec), config=LlamaServingConfig(lanes=4))
         runtime = Runtime.from_backbone(backbone, adapters_dir=tmp_path / "no-adapters", warm_prompts=True)
         assert backbone.wait_idle(60)
         return runtime
 
     first = start()
     files = sorted((tmp_path / "prefix-kv").glob("*.kv"))
-    assert len(files) == 2  # one per prompt variant
-    expected = first.bot("ecommerce-prompt").reply(question, GREEDY, guard=False).stats
+    assert len(files) == 4  # one per prompt variant (the prompt method and the static sheet, both domains)
+    expected = first.bot("ecommerce-static").reply(question, GREEDY, guard=False).stats
     first.backbone.close()
 
     second = start()  # loads the files: nothing to compute
-    again = second.bot("ecommerce-prompt").reply(question, GREEDY, guard=False).stats
+    again = second.bot("ecommerce-static").reply(question, GREEDY, guard=False).stats
     assert again.token_ids == expected.token_ids
     assert again.cached_prompt_tokens == expected.cached_prompt_tokens > 500
     second.backbone.close()
@@ -408,7 +412,7 @@ def test_warm_prefixes_are_kept_on_disk_and_a_restart_loads_them_with_unchanged_
     for file in files:
         file.write_bytes(b"garbage")  # a damaged file is recomputed, not trusted
     third = start()
-    assert third.bot("ecommerce-prompt").reply(question, GREEDY, guard=False).stats.token_ids == expected.token_ids
+    assert third.bot("ecommerce-static").reply(question, GREEDY, guard=False).stats.token_ids == expected.token_ids
     assert all(file.stat().st_size > 1000 for file in files)  # and written again
     third.backbone.close()
 
@@ -465,3 +469,26 @@ def test_continuation_nll_is_close_to_the_transformers_reference(llama_runtime) 
         reference_nll, _ = reference.continuation_nll(prompt, answer, adapter)
         # Perplexities within 15% of each other (8-bit activations against fp32).
         assert abs(fast_nll - reference_nll) / count < 0.15
+
+
+@needs_llama
+def test_a_warm_prefix_file_reloads_into_the_same_reply_when_warm_ups_shared_a_prefix(tmp_path: Path) -> None:
+    """Two lanes for four warm prefixes that share their opening words: lanes are reused and
+    prefixes shared between them, and a file saved after a share once reloaded into another reply."""
+    from bots.llama_backbone import LlamaCppBackbone, LlamaServingConfig, load_gguf_base
+    from bots.registry import Runtime
+
+    spec = BaseModelSpec(cache_dir=tmp_path, backend="llamacpp")
+    question = [{"role": "user", "content": "Do you ship to Canada?"}]
+
+    def reply(warm: bool) -> list[int]:
+        backbone = LlamaCppBackbone(load_gguf_base(spec), config=LlamaServingConfig(lanes=2))
+        runtime = Runtime.from_backbone(backbone, adapters_dir=tmp_path / "no-adapters", warm_prompts=warm)
+        assert backbone.wait_idle(60)
+        ids = runtime.bot("ecommerce-static").reply(question, GREEDY, guard=False).stats.token_ids
+        backbone.close()
+        return ids
+
+    fresh = reply(warm=False)
+    reply(warm=True)  # computes and saves the warm prefixes
+    assert reply(warm=True) == fresh  # loads them

@@ -725,7 +725,8 @@ def runtime_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
     except BaseModelError as exc:
         parser.error(str(exc))
     threads = args.threads if args.threads is not None else (1 if backend == "transformers" else 0)
-    runtime = get_runtime(replace(spec, backend=backend, threads=threads or None), args.adapters_dir, warm_prompts=True)
+    lanes = getattr(args, "parallel", 0) or None  # --parallel N: N llama.cpp lanes, so N replies really run together
+    runtime = get_runtime(replace(spec, backend=backend, threads=threads or None, lanes=lanes), args.adapters_dir, warm_prompts=True)
     runtime.backbone.wait_idle(300)
     return runtime
 
