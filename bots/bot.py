@@ -1,5 +1,6 @@
 """The Bot interface and its kinds, one per method: RetrievalBot (the prompt method: retrieved facts
-and selected examples, adapters off), LoraBot, BaseBot (the control) and PromptedBot (the static
+and selected examples, adapters off), LoraBot, HybridBot (an adapter trained with retrieved facts
+in its context, served with the same retrieval), BaseBot (the control) and PromptedBot (the static
 full-sheet template, kept as an ablation).
 
 A bot turns a conversation into chat messages for the backbone, fits them into the
@@ -20,7 +21,7 @@ from bots.generation import GenerationSettings, GenerationStats
 from bots.guard import RULES_ONLY, EmergencyGuard, GuardDecision
 from bots.safety import Screening, screen
 from prompts import FewShotExample, PromptSpec, render_lora, render_prompted
-from prompts.loader import render_base, render_retrieval, retrieval_query, retrieved_facts
+from prompts.loader import render_base, render_hybrid, render_retrieval, retrieval_query, retrieved_facts
 
 Message = dict[str, str]
 
@@ -231,6 +232,11 @@ class LoraBot(Bot):
     def adapter(self) -> str | None:
         return self.adapter_name or self.spec.domain
 
+    @property
+    def adapter_folder(self) -> str:
+        """The adapter's folder under the adapters directory."""
+        return self.spec.domain
+
     def render(self, conversation: list[Message], override: PromptOverride | None = None) -> list[Message]:
         # No fact sheet, no few-shot: what it knows it must have learned. Overrides do not apply.
         return render_lora(self.prompt, conversation)
@@ -246,6 +252,34 @@ class LoraBot(Bot):
         card = self.adapter_path / "README.md" if self.adapter_path else None
         card_text = card.read_text(encoding="utf-8") if card and card.is_file() else "(this adapter has no model card)"
         return header + f"\n#### Adapter card (`{self.adapter_path}`)\n\n{card_text}"
+
+
+@dataclass
+class HybridBot(LoraBot):
+    """Both methods together: an adapter trained with retrieved facts (and distractors) in its
+    context (training/hybrid_data.py), served with the same retrieval, so it reads the facts
+    rather than recalls them. No example dialogs: the adapter learned the style."""
+
+    @property
+    def adapter(self) -> str | None:
+        return self.adapter_name or f"{self.spec.domain}-hybrid"
+
+    @property
+    def adapter_folder(self) -> str:
+        return f"{self.spec.domain}-hybrid"
+
+    def render(self, conversation: list[Message], override: PromptOverride | None = None) -> list[Message]:
+        return render_hybrid(self.prompt, conversation)
+
+    def describe(self) -> str:
+        header = (
+            f"### {self.spec.label}\n"
+            f"Base model + the **{self.spec.domain} hybrid adapter**, trained with the prompt method's retrieved facts in "
+            "its system message; each request carries the same short instruction and retrieved facts, no example dialogs.\n"
+        )
+        if not self.availability.ok:
+            return header + f"\n**Unavailable:** {self.availability.reason}"
+        return header
 
 
 class BaseBot(Bot):

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from bots.backbone_base import AdapterError, BackboneBase
 from bots.backends import build_backbone
 from bots.base_source import BaseModelSpec
-from bots.bot import Availability, BaseBot, Bot, LoraBot, PromptedBot, RetrievalBot, VariantSpec
+from bots.bot import Availability, BaseBot, Bot, HybridBot, LoraBot, PromptedBot, RetrievalBot, VariantSpec
 from bots.guard import EmergencyGuard
 from prompts import available_domains, load_prompt_spec
 
@@ -50,6 +50,7 @@ METHODS: dict[str, MethodSpec] = {
     for method in (
         MethodSpec("lora", LoraBot, "LoRA adapter", headline=True),
         MethodSpec("prompt", RetrievalBot, "prompt (retrieved facts, selected examples)", headline=True),
+        MethodSpec("hybrid", HybridBot, "hybrid (adapter + retrieved facts)"),
         MethodSpec("base", BaseBot, "base model (control)"),
         MethodSpec("static", PromptedBot, "static full-sheet prompt (ablation)"),
     )
@@ -96,9 +97,9 @@ def build_bots(backbone: BackboneBase, adapters_dir: Path | None = None) -> dict
     bots: dict[str, Bot] = {}
     for spec in VARIANTS.values():
         bot = BOT_CLASSES[spec.method](spec, backbone, load_prompt_spec(spec.domain), emergency=emergency)
-        if isinstance(bot, LoraBot):
-            bot.adapter_path = adapters_dir / spec.domain
-            bot.availability = _attach_adapter(backbone, spec.domain, bot.adapter_path)
+        if isinstance(bot, LoraBot):  # and HybridBot: a folder of its own under the adapters directory
+            bot.adapter_path = adapters_dir / bot.adapter_folder
+            bot.availability = _attach_adapter(backbone, bot.adapter, bot.adapter_path)
         bots[spec.name] = bot
     return bots
 

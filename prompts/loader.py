@@ -303,6 +303,18 @@ def render_retrieval(spec: PromptSpec, conversation: list[Message], system_promp
     return to_chat_dicts(rendered)
 
 
+def render_hybrid(spec: PromptSpec, conversation: list[Message]) -> list[Message]:
+    """Messages for the hybrid method: the prompt method's instruction and retrieved facts, then the
+    conversation (no example dialogs: its adapter learned the style). Training renders its dialogs
+    with this same function (training/hybrid_data.py)."""
+    if not conversation or conversation[-1]["role"] != "user":
+        raise ValueError("the conversation must end with a user message")
+    if spec.retrieval is None:
+        raise PromptFileError(f"prompts/{spec.domain}.yaml has no 'retrieval' section: the hybrid method needs one")
+    system = retrieval_system_message(spec, retrieved_facts(spec, retrieval_query(conversation)))
+    return [{"role": "system", "content": system}, *conversation]
+
+
 def render_lora(spec: PromptSpec, conversation: list[Message]) -> list[Message]:
     """Messages for the LoRA variant: the short system prompt, then the conversation as is."""
     if not conversation or conversation[-1]["role"] != "user":

@@ -34,6 +34,8 @@ MODULES = (
     "training.fact_drift",
     "training.data_curve",
     "training.method_table",
+    "training.prompt_design",
+    "training.hybrid_data",
     "webui.votes",
     "webui.leaderboard",
     "tests.check_wheel",
