@@ -128,7 +128,12 @@ class BackboneBase(ABC):
     def check_adapter(self, path: Path) -> dict:
         """Raise AdapterError unless ``path`` holds a PEFT adapter trained on this base."""
         if not path.is_dir():
-            raise AdapterError(f"adapter folder {path} does not exist (train it with: python -m training.train --domain <domain>)")
+            how = (
+                f"python -m training.hybrid_data --domain {path.name.removesuffix('-hybrid')}, then the training command it prints"
+                if path.name.endswith("-hybrid")
+                else f"python -m training.train --domain {path.name}"
+            )
+            raise AdapterError(f"adapter folder {path} does not exist (train it with: {how})")
         for required in ("adapter_config.json", "adapter_model.safetensors", ADAPTER_META):
             if not (path / required).is_file():
                 raise AdapterError(f"adapter folder {path} has no {required}")

@@ -54,6 +54,7 @@ def full_runtime(tiny_base: LoadedBase, tmp_path: Path) -> Runtime:
     adapters = tmp_path / "adapters"
     for domain in ("ecommerce", "medical"):
         save_tiny_adapter(adapters / domain)
+        save_tiny_adapter(adapters / f"{domain}-hybrid", seed=2)
     return Runtime.from_base(tiny_base, adapters)
 
 
@@ -80,7 +81,7 @@ def test_end_to_end_on_the_tiny_model(full_runtime: Runtime, tmp_path: Path) -> 
         assert meta["counts"][name]["test"] == 2 and all(n <= 2 for n in meta["counts"][name].values())
         assert meta["errors"][name] == 0
     assert meta["base_model"]["fingerprint"] == "tiny-test-model"
-    assert set(meta["adapters"]) == {"ecommerce-lora", "medical-lora"} and all(len(a["sha256"]) == 64 for a in meta["adapters"].values())
+    assert set(meta["adapters"]) == {"ecommerce-lora", "medical-lora", "ecommerce-hybrid", "medical-hybrid"} and all(len(a["sha256"]) == 64 for a in meta["adapters"].values())
     assert any(path.endswith("ecommerce_facts.jsonl") for path in meta["data"]) and any(path.endswith("test.jsonl") for path in meta["data"])
     assert meta["limit"] == 2 and meta["settings"]["temperature"] == 0.0 and meta["settings"]["max_new_tokens"] == 6
     assert {"platform", "cpu_count", "torch"} <= set(meta["machine"]) and meta["date"]
