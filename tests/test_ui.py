@@ -71,9 +71,9 @@ def test_a_prompt_that_cannot_fit_the_context_is_a_clear_message(served: tuple[C
     from webui.chat_tab import respond
 
     _, runtime = served
-    runtime.backbone.context_tokens = 600  # the tiny tokenizer makes the prompt variant's prompt ~2000 tokens
+    runtime.backbone.context_tokens = 600  # the tiny tokenizer makes the static sheet ~2000 tokens
     try:
-        outputs = list(respond("hi", [], "ecommerce", "prompt", 16, 0.0, 0.95, 1.1))
+        outputs = list(respond("hi", [], "ecommerce", "static", 16, 0.0, 0.95, 1.1))
     finally:
         runtime.backbone.context_tokens = 2048
     assert outputs[0][1] == "hi" and "does not fit the 600-token context" in outputs[0][2]

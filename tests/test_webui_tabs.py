@@ -13,6 +13,7 @@ import pytest
 from gradio_client import Client
 
 from bots.bot import PromptOverride
+from bots.registry import VARIANTS
 from prompts import FewShotExample, load_prompt_spec
 from tests.ui_server import ServedUI, serve_tiny_ui
 from webui.arena_tab import draw_pair
@@ -23,7 +24,9 @@ from webui.votes import VoteStore, VoteStoreConfig
 SETTINGS = (16, 0.0, 0.95, 1.1, 0)  # max new tokens, temperature, top-p, repetition penalty, seed
 QUESTION = [{"role": "user", "content": "hello"}]
 NO_HISTORIES = [[] for _ in PANES]
-ECOMMERCE = ("ecommerce-lora", "ecommerce-prompt", "ecommerce-base")
+ECOMMERCE = tuple(name for name, spec in VARIANTS.items() if spec.domain == "ecommerce")
+MEDICAL = tuple(name for name, spec in VARIANTS.items() if spec.domain == "medical")
+UNAVAILABLE = ("medical-lora", "medical-hybrid")  # no adapter in the test set-up
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +53,7 @@ def _transcript(history: list[dict]) -> list[tuple[str, str]]:
 
 
 def test_side_by_side_streams_every_variant_of_a_domain_each_in_its_own_pane(served: ServedUI, client: Client) -> None:
-    assert PANES == ("ecommerce-lora", "ecommerce-prompt", "ecommerce-base", "medical-lora", "medical-prompt", "medical-base")
+    assert PANES == tuple(VARIANTS) and PANES[:2] == ("ecommerce-lora", "ecommerce-prompt")
     job = client.submit("hello", "ecommerce", *SETTINGS, *NO_HISTORIES, api_name="/compare")
     updates = list(job)
     textbox, *panes_and_stats = job.outputs()[-1]
@@ -59,8 +62,8 @@ def test_side_by_side_streams_every_variant_of_a_domain_each_in_its_own_pane(ser
     for name in ECOMMERCE:
         expected = served.runtime.bots[name].reply(QUESTION, _settings())
         assert _transcript(panes[name]) == [("user", "hello"), ("assistant", expected.text.strip())]  # the Chatbot strips
-    assert panes["medical-lora"] == panes["medical-prompt"] == panes["medical-base"] == []
-    assert all("first token" in line and "tok/s" in line and "tokens" in line for line in stats[:3])
+    assert all(panes[name] == [] for name in MEDICAL)
+    assert all("first token" in line and "tok/s" in line and "tokens" in line for line in stats[: len(ECOMMERCE)])
     # One after the other: the LoRA pane is done before the prompt pane starts, never both at once.
     lora_stats, prompt_stats = [u[1 + len(PANES)] for u in updates], [u[2 + len(PANES)] for u in updates]
     started = prompt_stats.index("generating…")
@@ -68,17 +71,17 @@ def test_side_by_side_streams_every_variant_of_a_domain_each_in_its_own_pane(ser
     assert prompt_stats[:started].count("waiting for the model…") == started
 
     # A second message: each pane sends its own history back.
-    histories = [panes[name] for name in ECOMMERCE] + [[], [], []]
+    histories = [panes[name] for name in ECOMMERCE] + [[] for _ in MEDICAL]
     second = client.predict("thanks", "ecommerce", *SETTINGS, *histories, api_name="/compare")
-    assert [len(pane) for pane in second[1 : 1 + len(PANES)]] == [4, 4, 4, 0, 0, 0]
+    assert [len(pane) for pane in second[1 : 1 + len(PANES)]] == [4] * len(ECOMMERCE) + [0] * len(MEDICAL)
     assert _transcript(second[1])[:2] == _transcript(panes["ecommerce-lora"])
 
 
 def test_side_by_side_all_variants_reports_an_unavailable_variant_in_its_pane(client: Client) -> None:
     textbox, *panes_and_stats = client.predict("hi", "all", *SETTINGS, *NO_HISTORIES, api_name="/compare")
     panes, stats = panes_and_stats[: len(PANES)], panes_and_stats[len(PANES) :]
-    assert [len(pane) for pane in panes] == [2, 2, 2, 0, 2, 2]  # medical-lora has no adapter in the test set-up
-    assert "unavailable" in stats[3] and "tok/s" in stats[4] and "tok/s" in stats[5]
+    assert [len(pane) for pane in panes] == [0 if name in UNAVAILABLE else 2 for name in PANES]
+    assert all(("unavailable" in line) == (name in UNAVAILABLE) for name, line in zip(PANES, stats, strict=True))
     cleared = client.predict(api_name="/compare_clear")
     assert list(cleared) == ["", *([] for _ in PANES), *("" for _ in PANES)]
 
@@ -135,12 +138,16 @@ def test_arena_round_vote_reveal_leaderboard_and_exports(served: ServedUI, clien
 
 
 def test_arena_leaves_an_unavailable_variant_out_of_the_draw(client: Client) -> None:
-    for _ in range(3):
+    met = set()
+    for _ in range(8):
         chat_a, chat_b, textbox, status, reveal = client.predict("hi", "medical", *SETTINGS, api_name="/arena_send")
         assert "which one is better" in status and textbox == ""
         status, reveal, *_ = client.predict(api_name="/arena_vote_tie")
-        # medical-lora has no adapter in the test set-up: the available two meet.
-        assert "medical-lora" not in reveal and "`medical-prompt`" in reveal and "`medical-base`" in reveal
+        # medical-lora and medical-hybrid have no adapter in the test set-up: only the available ones meet.
+        shown = {name for name in MEDICAL if f"`{name}`" in reveal}
+        assert len(shown) == 2 and not shown & set(UNAVAILABLE)
+        met |= shown
+    assert len(met) >= 3  # the draw ranges over every available variant
 
 
 # --- Prompt lab ---------------------------------------------------------------------------------

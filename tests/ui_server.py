@@ -28,6 +28,7 @@ class ServedUI:
 @contextmanager
 def serve_tiny_ui(folder: Path) -> Iterator[ServedUI]:
     save_tiny_adapter(folder / "adapters" / "ecommerce")
+    save_tiny_adapter(folder / "adapters" / "ecommerce-hybrid", seed=2)  # medical's adapters stay missing: the unavailable case
     runtime = Runtime.from_base(make_tiny_base(), folder / "adapters")
     votes_db = folder / "votes.sqlite3"
     with pytest.MonkeyPatch.context() as patch:
