@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from bots.registry import VARIANTS
 from tests.ui_server import ServedUI
 
 if TYPE_CHECKING:
@@ -117,7 +118,7 @@ def test_arena_vote_reveals_names_and_moves_the_leaderboard(page: Page, served: 
     reveal = page.locator("#arena-reveal")
     reveal.get_by_text("Model A").wait_for()
     shown = reveal.inner_text()
-    assert sum(f"was {name}" in shown for name in ("ecommerce-lora", "ecommerce-prompt", "ecommerce-base")) == 2
+    assert sum(f"was {name}" in shown for name in VARIANTS if name.startswith("ecommerce-")) == 2
     page.wait_for_function(
         "before => document.querySelector('#leaderboard-ecommerce').innerText !== before", arg=before
     )
