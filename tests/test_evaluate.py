@@ -277,3 +277,16 @@ def test_report_and_tab_show_the_methods_table_and_the_curve_when_their_files_ex
     texts = " ".join(str(getattr(block, "value", "")) for block in filled.blocks.values())
     assert "The methods compared" in texts and "Data efficiency" in texts
     assert [type(block).__name__ for block in filled.blocks.values()].count("Image") == 3  # bars, scatter and the curve
+
+
+def test_one_run_of_both_splits_writes_a_test_report_and_a_dev_report(full_runtime: Runtime, tmp_path: Path) -> None:
+    out, results = _run(full_runtime, tmp_path, "--split", "all", "--variants", "ecommerce-lora,ecommerce-prompt", "--no-guard", limit=4)
+    dev = json.loads((out / "dev" / "results.json").read_text())
+    assert results["meta"]["split"] == "test" and dev["meta"]["split"] == "dev"
+    assert "test" in results["meta"]["counts"]["ecommerce-lora"] and "test" not in dev["meta"]["counts"]["ecommerce-lora"]  # dialogs: test only
+    test_ids = {json.loads(line)["case_id"] for line in (out / "replies.jsonl").read_text().splitlines()}
+    dev_ids = {json.loads(line)["case_id"] for line in (out / "dev" / "replies.jsonl").read_text().splitlines()}
+    assert test_ids and dev_ids and not test_ids & dev_ids
+    probes = {row["id"]: row["split"] for probe in PROBE_SOURCES for row in read_probe_file(PROBES_DIR / probe.file, probe.fields)}
+    assert all(probes[i] == "dev" for i in dev_ids) and all(probes.get(i, "test") == "test" for i in test_ids)
+    assert "dev/report.md" in (out / "report.md").read_text() and "**dev** split" in (out / "dev" / "report.md").read_text()

@@ -53,7 +53,7 @@ def _transcript(history: list[dict]) -> list[tuple[str, str]]:
 
 
 def test_side_by_side_streams_every_variant_of_a_domain_each_in_its_own_pane(served: ServedUI, client: Client) -> None:
-    assert PANES == tuple(VARIANTS) and PANES[:2] == ("ecommerce-lora", "ecommerce-prompt")
+    assert tuple(VARIANTS) == PANES and PANES[:2] == ("ecommerce-lora", "ecommerce-prompt")
     job = client.submit("hello", "ecommerce", *SETTINGS, *NO_HISTORIES, api_name="/compare")
     updates = list(job)
     textbox, *panes_and_stats = job.outputs()[-1]

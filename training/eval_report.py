@@ -395,6 +395,8 @@ def _notes(results: Results) -> list[str]:
     notes = [f"`{name}` skipped: {reason}" for name, reason in meta.get("skipped", {}).items()]
     notes += list(meta.get("notes", []))
     notes += [f"`{name}`: {count} replies failed (scored as empty replies)" for name, count in meta.get("errors", {}).items() if count]
+    if meta.get("companion"):
+        notes.append(meta["companion"])
     statistics = meta.get("statistics")
     if statistics:
         notes.append(

@@ -606,10 +606,6 @@ def run_evaluation(runtime: Runtime, config: EvalConfig) -> dict[str, Any]:
         for variant in by_variant
     )
     records: dict[str, list[ReplyRecord]] = {}
-    values: dict[str, dict[str, float | None]] = {}
-    counts: dict[str, dict[str, int]] = {}
-    errors: dict[str, int] = {}
-    acted: dict[str, int] = {}
     progress = Progress(total, config.progress)
     try:
         for variant, entries in by_variant.items():
@@ -627,25 +623,69 @@ def run_evaluation(runtime: Runtime, config: EvalConfig) -> dict[str, Any]:
                     if record.source == TEST_SOURCE and record.case_id in nll:
                         record.reference_nll, record.reference_tokens = nll[record.case_id]
                 records[name] = entry_records
-                counts[name] = {source: len(items) for source, items in domain_cases.sources.items()}
-                errors[name] = sum(1 for r in entry_records if r.error)
-                if any(e.name == name and e.guard for e in entries):
-                    acted[name] = sum(1 for r in entry_records if r.guard_acted)
-                values[name] = score_entry(bot.spec.domain, entry_records, domain_cases)
     finally:
         progress.close()
+    duration = round(time.perf_counter() - started, 1)
+    common = {"parallel": parallel, "perplexity": perplexity_source(runtime, any(scoring.values()))}
+    if config.split != "all":
+        return finish(runtime, config, plan, cases, records, config.split, config.out_dir, {**common, "duration_s": duration})
+    # One run, two reports: the test split (reported) in out_dir, the dev split (for choosing) in out_dir/dev.
+    shared = {**common, "duration_s": duration}
+    dev_note = f"One run answered both splits ({duration / 60:.1f} min in all); this is its **dev** split, used for choosing. The test split's report is `../report.md`."
+    test_note = f"One run answered both splits ({duration / 60:.1f} min in all); this is its **test** split. The dev split's report, used for choosing, is `{DEV_FOLDER}/report.md`."
+    finish(runtime, config, plan, cases, records, "dev", config.out_dir / DEV_FOLDER, {**shared, "companion": dev_note})
+    return finish(runtime, config, plan, cases, records, "test", config.out_dir, {**shared, "companion": test_note})
+
+
+DEV_FOLDER = "dev"
+"""Where a ``--split all`` run writes its dev-split report (the test split's goes to ``--out``)."""
+
+
+def split_of(case: EvalCase) -> str:
+    """A probe's own split; the dialogs of the evaluation are the test split of the dialog data."""
+    return str(case.info.get("split", "test")) if case.source != TEST_SOURCE else "test"
+
+
+def finish(
+    runtime: Runtime,
+    config: EvalConfig,
+    plan: Plan,
+    cases: dict[str, DomainCases],
+    records: dict[str, list[ReplyRecord]],
+    split: str,
+    out_dir: Path,
+    extra_meta: dict[str, Any],
+) -> dict[str, Any]:
+    """Score, compare and write one report from the replies: every case, or those of ``split``."""
+    keep_all = split == config.split
+    kept_cases = {}
+    for domain, domain_cases in cases.items():
+        sources = {name: [c for c in items if keep_all or split_of(c) == split] for name, items in domain_cases.sources.items()}
+        kept_cases[domain] = replace(domain_cases, sources={name: items for name, items in sources.items() if items})
+    wanted = {domain: {(c.source, c.case_id) for items in dc.sources.values() for c in items} for domain, dc in kept_cases.items()}
+    kept: dict[str, list[ReplyRecord]] = {}
+    values: dict[str, dict[str, float | None]] = {}
+    counts: dict[str, dict[str, int]] = {}
+    errors: dict[str, int] = {}
+    acted: dict[str, int] = {}
+    for entry in plan.entries:
+        domain = VARIANTS[entry.variant].domain
+        kept[entry.name] = [r for r in records[entry.name] if (r.source, r.case_id) in wanted[domain]]
+        counts[entry.name] = {source: len(items) for source, items in kept_cases[domain].sources.items()}
+        errors[entry.name] = sum(1 for r in kept[entry.name] if r.error)
+        if entry.guard:
+            acted[entry.name] = sum(1 for r in kept[entry.name] if r.guard_acted)
+        values[entry.name] = score_entry(domain, kept[entry.name], kept_cases[domain])
     # Report columns in plan order (model alone, then '+guard'), whatever order they finished in.
     results: dict[str, Any] = {"variants": {e.name: values[e.name] for e in plan.entries}}
-    results["intervals"], results["comparisons"] = statistics(plan, records, values, config.resamples)
-    meta = build_meta(runtime, config, plan, cases)
-    meta["parallel"] = parallel
-    meta["perplexity"] = perplexity_source(runtime, any(scoring.values()))
+    results["intervals"], results["comparisons"] = statistics(plan, kept, values, config.resamples)
+    meta = build_meta(runtime, replace(config, split=split), plan, kept_cases)
+    meta.update(extra_meta)
     meta["counts"] = counts
     meta["errors"] = errors
     meta["guard"]["acted"] = acted
-    meta["duration_s"] = round(time.perf_counter() - started, 1)
     results["meta"] = meta
-    write_outputs(results, [r for e in plan.entries for r in records[e.name]], config.out_dir)
+    write_outputs(results, [r for e in plan.entries for r in kept[e.name]], out_dir)
     return results
 
 
