@@ -290,3 +290,11 @@ def test_one_run_of_both_splits_writes_a_test_report_and_a_dev_report(full_runti
     probes = {row["id"]: row["split"] for probe in PROBE_SOURCES for row in read_probe_file(PROBES_DIR / probe.file, probe.fields)}
     assert all(probes[i] == "dev" for i in dev_ids) and all(probes.get(i, "test") == "test" for i in test_ids)
     assert "dev/report.md" in (out / "report.md").read_text() and "**dev** split" in (out / "dev" / "report.md").read_text()
+
+
+def test_the_report_tab_points_to_the_dev_report_of_the_same_run(full_runtime: Runtime, tmp_path: Path) -> None:
+    out, _ = _run(full_runtime, tmp_path, "--split", "all", "--variants", "ecommerce-lora,ecommerce-prompt", "--no-guard", limit=2)
+    with gr.Blocks() as tab, gr.Tab("Evaluation"):
+        build_report_tab(out)
+    texts = " ".join(str(getattr(block, "value", "")) for block in tab.blocks.values())
+    assert "**dev** split" in texts and "What the dev split says" in texts

@@ -113,3 +113,9 @@ def build_report_tab(report_dir: Path | None = None) -> None:
     report = report_dir / "report.md"
     if report.is_file():
         gr.Markdown(f"The full report with provenance (base, adapter and data hashes) is `{shown_path(report)}`.")
+    dev = load_results(report_dir / "dev")
+    if dev is not None:
+        gr.Markdown(
+            f"The same run's **dev** split, used for choosing prompts and settings: `{shown_path(report_dir / 'dev' / 'report.md')}`.\n\n"
+            "#### What the dev split says\n" + "\n".join(reading(dev))
+        )
