@@ -37,7 +37,7 @@ class VariantSpec:
     name: str
     domain: str
     method: str
-    """A key of bots.registry.METHODS: 'lora', 'prompt', 'base' (the control), 'static' (ablation)..."""
+    """A key of bots.registry.METHODS: 'lora', 'prompt', 'hybrid', 'base' (the control), 'static' (ablation)."""
     label: str
     emergency_guard: bool = False
     """Open the reply with the escalation when a message matches a red flag (bots/safety.py)."""

@@ -156,8 +156,9 @@ def test_arena_leaves_an_unavailable_variant_out_of_the_draw(client: Client) -> 
 def test_lab_edit_shows_a_diff_and_the_chat_uses_it_in_this_session_only(served: ServedUI, client: Client) -> None:
     spec = load_prompt_spec("ecommerce")
     shots = (FewShotExample("Where is my parcel?", "Check Account > Orders."),)
+    instruction = spec.retrieval.system_prompt  # the lab edits the prompt method's instruction
     diff, status = client.predict("ecommerce", "You are a terse assistant.", few_shot_yaml(shots), api_name="/lab_apply")
-    assert "+  You are a terse assistant." in diff and f"-  {spec.system_prompt.split('. ')[0]}." in diff
+    assert "+  You are a terse assistant." in diff and f"-  {instruction.split('. ')[0]}." in diff
     assert "+  - user: Where is my parcel?" in diff and diff.startswith("--- prompts/ecommerce.yaml (shipped)")
     assert "Using your edit" in status
 
@@ -177,14 +178,22 @@ def test_lab_edit_shows_a_diff_and_the_chat_uses_it_in_this_session_only(served:
 
     # Reset brings back the shipped texts, an empty diff and the shipped behaviour.
     system_prompt, few_shot, diff, status, chat = client.predict("ecommerce", api_name="/lab_reset")
-    assert system_prompt == spec.system_prompt and few_shot == few_shot_yaml(spec.few_shot)
+    assert system_prompt == instruction and few_shot == ""  # no fixed examples: selected per message
     assert diff == NO_CHANGES and chat == []
     assert "shipped template" in client.predict("hello", [], "ecommerce", *SETTINGS, api_name="/lab_chat")[2]
+
+    # An edited instruction alone keeps the examples selected per message.
+    _, status = client.predict("ecommerce", "Be brief.", "", api_name="/lab_apply")
+    assert "selected per message" in status
+    history, _, _ = client.predict("Can I pay with PayPal?", [], "ecommerce", *SETTINGS, api_name="/lab_chat")
+    question = [{"role": "user", "content": "Can I pay with PayPal?"}]
+    expected = served.runtime.bots["ecommerce-prompt"].reply(question, _settings(), PromptOverride("Be brief.", None))
+    assert _transcript(history)[-1] == ("assistant", expected.text.strip())
 
 
 def test_lab_edit_identical_to_the_shipped_template_is_no_edit(client: Client) -> None:
     spec = load_prompt_spec("medical")
-    diff, status = client.predict("medical", spec.system_prompt, few_shot_yaml(spec.few_shot), api_name="/lab_apply")
+    diff, status = client.predict("medical", spec.retrieval.system_prompt, "", api_name="/lab_apply")
     assert diff == NO_CHANGES and "shipped template" in status
 
 

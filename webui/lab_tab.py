@@ -41,7 +41,8 @@ class LabDraft:
     few_shot: tuple[FewShotExample, ...]
 
     def override(self) -> PromptOverride:
-        return PromptOverride(self.system_prompt, self.few_shot)
+        # No examples typed: the prompt method keeps selecting them by similarity.
+        return PromptOverride(self.system_prompt, self.few_shot or None)
 
 
 def prompt_variant(domain: str) -> str:
@@ -74,6 +75,15 @@ def shipped(domain: str) -> PromptSpec:
     return load_prompt_spec(domain)
 
 
+def shipped_texts(domain: str) -> tuple[str, tuple[FewShotExample, ...]]:
+    """What the lab starts from: the prompt method's instruction, and no fixed examples (it selects
+    them per message from its pool). A domain file without a retrieval design: its static template."""
+    spec = shipped(domain)
+    if spec.retrieval is None:
+        return spec.system_prompt, spec.few_shot
+    return spec.retrieval.system_prompt, ()
+
+
 def _document(system_prompt: str, shots: tuple[FewShotExample, ...]) -> list[str]:
     """The editable part of a prompt as diffable lines."""
     sentences = [s for line in system_prompt.strip().splitlines() for s in _SENTENCE_END.split(line.strip()) if s]
@@ -81,9 +91,9 @@ def _document(system_prompt: str, shots: tuple[FewShotExample, ...]) -> list[str
 
 
 def prompt_diff(draft: LabDraft) -> str:
-    spec = shipped(draft.domain)
+    instruction, shots = shipped_texts(draft.domain)
     lines = difflib.unified_diff(
-        _document(spec.system_prompt, spec.few_shot), _document(draft.system_prompt, draft.few_shot),
+        _document(instruction, shots), _document(draft.system_prompt, draft.few_shot),
         fromfile=f"prompts/{draft.domain}.yaml (shipped)", tofile="your edit (this browser session only)", lineterm="",
     )
     return "\n".join(lines) or NO_CHANGES
@@ -96,17 +106,18 @@ def apply_edits(domain: str, system_prompt: str, few_shot_text: str, draft: LabD
     except LabEditError as exc:
         in_use = "your previous edit" if draft is not None and draft.domain == domain else "the shipped template"
         return draft, gr.skip(), f"⚠️ Not applied: {exc}. The chat still uses {in_use}."
-    spec = shipped(domain)
+    instruction, shipped_shots = shipped_texts(domain)
     new = LabDraft(domain, system_prompt or "", shots)
-    if new.system_prompt.strip() == spec.system_prompt and shots == spec.few_shot:
+    if new.system_prompt.strip() == instruction and shots == shipped_shots:
         return None, NO_CHANGES, "Using the shipped template."
-    return new, prompt_diff(new), f"Using your edit: {len(shots)} few-shot example(s). Only this browser session sees it."
+    examples = f"{len(shots)} fixed few-shot example(s)" if shots else "the examples selected per message"
+    return new, prompt_diff(new), f"Using your edit with {examples}. Only this browser session sees it."
 
 
 def reset_lab(domain: str) -> tuple[object, ...]:
     """Back to the shipped template: (system prompt, few-shot text, draft, diff, status, chat)."""
-    spec = shipped(domain)
-    return spec.system_prompt, few_shot_yaml(spec.few_shot), None, NO_CHANGES, "Using the shipped template.", []
+    instruction, shots = shipped_texts(domain)
+    return instruction, few_shot_yaml(shots) if shots else "", None, NO_CHANGES, "Using the shipped template.", []
 
 
 @admitted(chat_busy, chat_waiting)
@@ -131,17 +142,19 @@ def lab_chat(message: str, history: ChatHistory, domain: str, *settings_and_draf
 def build_lab_tab(demo: gr.Blocks) -> None:
     """Lay out the tab inside the current gr.Blocks and wire its events."""
     gr.Markdown(
-        "Edit the **prompt variant**'s system prompt and few-shot dialogs, then try them in the chat. "
-        "Edits apply to this browser session only and are never saved; the fact sheet stays as shipped."
+        "Edit the **prompt method**'s instruction and, if you like, fix its few-shot dialogs, then try them in the chat. "
+        "The facts are still retrieved per message from the shipped fact sheet; with the examples box empty, the examples "
+        "are still selected per message from the pool. Edits apply to this browser session only and are never saved."
     )
-    first = shipped(DOMAINS[0])
+    first_instruction, first_shots = shipped_texts(DOMAINS[0])
     domain = gr.Radio([(load_prompt_spec(d).title, d) for d in DOMAINS], value=DOMAINS[0], label="Domain")
     draft = gr.State(None)
     with gr.Row():
         with gr.Column():
-            system_prompt = gr.Textbox(first.system_prompt, lines=8, max_lines=20, label="System prompt", elem_id="lab-system-prompt")
-            few_shot = gr.Textbox(few_shot_yaml(first.few_shot), lines=12, max_lines=30, label="Few-shot dialogs (YAML: a list of user/assistant)",
-                                  elem_id="lab-few-shot")
+            system_prompt = gr.Textbox(first_instruction, lines=8, max_lines=20, label="Instruction (system prompt)", elem_id="lab-system-prompt")
+            few_shot = gr.Textbox(few_shot_yaml(first_shots) if first_shots else "", lines=12, max_lines=30,
+                                  label="Fixed few-shot dialogs (YAML: a list of user/assistant; empty: selected per message)",
+                                  placeholder="- user: ...\n  assistant: ...", elem_id="lab-few-shot")
             with gr.Row():
                 reset = gr.Button("Reset to the shipped template", elem_id="lab-reset")
             lab_status = gr.Markdown("Using the shipped template.", elem_id="lab-status")

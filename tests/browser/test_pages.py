@@ -56,7 +56,7 @@ def watch_growth(text: Locator, done: Locator, timeout_s: float = 60.0) -> list[
 
 
 def test_chat_switches_variants_and_streams_a_reply(page: Page, screenshot) -> None:
-    page.get_by_label("LoRA adapter (fine-tuned)").check()
+    page.get_by_label("LoRA adapter", exact=True).check()
     page.get_by_text("ecommerce-lora is available").wait_for()
     box = page.get_by_placeholder("Ask something…")
     box.fill("hello")
@@ -161,7 +161,7 @@ def test_report_tab_opens(page: Page, screenshot) -> None:
 
 
 def test_html_and_script_in_messages_show_as_text_and_never_run(page: Page, screenshot) -> None:
-    page.get_by_label("LoRA adapter (fine-tuned)").check()
+    page.get_by_label("LoRA adapter", exact=True).check()
     page.get_by_text("ecommerce-lora is available").wait_for()
     hostile = '<b>bold</b> <img src=x onerror="window.__pwned=1"> <script>window.__pwned=2</script> **stars**'
     box = page.get_by_placeholder("Ask something…")
