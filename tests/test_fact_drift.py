@@ -29,7 +29,7 @@ def test_run_reports_every_variant_of_the_domain_with_paired_cases(tiny_base: Lo
     changes = load_changes("ecommerce")
     cases = affected_cases("ecommerce", changes, None)[:2]
     result = run_drift(runtime, "ecommerce", changes, cases, max_new_tokens=4)
-    assert set(result["variants"]) == {"ecommerce-prompt", "ecommerce-base"}  # the LoRA adapter is missing here
+    assert set(result["variants"]) == {"ecommerce-prompt", "ecommerce-base", "ecommerce-static"}  # the adapters are missing here
     for row in result["variants"].values():
         assert row["new_value"]["n"] == len(cases) == len(row["replies"])
         assert row["new_value"]["ci_low"] <= row["new_value"]["value"] <= row["new_value"]["ci_high"]
@@ -52,3 +52,12 @@ def test_a_change_of_an_unknown_source_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(DriftFileError, match="source must be one of"):
         load_changes("ecommerce", tmp_path)
+
+
+def test_drift_also_edits_the_prompt_methods_example_pool() -> None:
+    changes = load_changes("medical")
+    spec = load_prompt_spec("medical")
+    drifted = drifted_prompt(spec, changes)
+    assert any("911" in shot.assistant for shot in spec.retrieval.example_pool)
+    assert not any("911" in shot.assistant for shot in drifted.retrieval.example_pool)
+    assert [f.keywords for f in drifted.fact_sheet] == [f.keywords for f in spec.fact_sheet]  # retrieval still finds the facts

@@ -103,12 +103,20 @@ def drifted_prompt(spec: PromptSpec, changes: list[FactChange]) -> PromptSpec:
             text = change.apply(text)
         return text
 
+    retrieval = spec.retrieval
+    if retrieval is not None:  # the prompt method's instruction and example pool are part of the domain's prompt data
+        retrieval = dataclasses.replace(
+            retrieval,
+            system_prompt=edit(retrieval.system_prompt),
+            example_pool=tuple(FewShotExample(shot.user, edit(shot.assistant)) for shot in retrieval.example_pool),
+        )
     return dataclasses.replace(
         spec,
+        retrieval=retrieval,
         system_prompt=edit(spec.system_prompt),
         lora_system_prompt=edit(spec.lora_system_prompt),
         base_system_prompt=edit(spec.base_system_prompt),
-        fact_sheet=tuple(Fact(fact.topic, edit(fact.fact)) for fact in spec.fact_sheet),
+        fact_sheet=tuple(Fact(fact.topic, edit(fact.fact), fact.keywords) for fact in spec.fact_sheet),
         few_shot=tuple(FewShotExample(shot.user, edit(shot.assistant)) for shot in spec.few_shot),
     )
 
