@@ -103,8 +103,10 @@ def test_corrupt_adapter_weights_are_refused(tiny_base: LoadedBase, tmp_path: Pa
 def test_lora_bot_uses_its_adapter_and_prompt_bot_uses_none(tiny_base: LoadedBase, tmp_path: Path) -> None:
     for domain in ("ecommerce", "medical"):
         save_tiny_adapter(tmp_path / domain, seed=3 if domain == "ecommerce" else 4)
+        save_tiny_adapter(tmp_path / f"{domain}-hybrid", seed=7 if domain == "ecommerce" else 8)
     runtime = Runtime.from_base(tiny_base, tmp_path)
     assert all(bot.availability.ok for bot in runtime.bots.values())
+    assert runtime.bots["ecommerce-hybrid"].adapter == "ecommerce-hybrid" != runtime.bots["ecommerce-lora"].adapter
     question = [{"role": "user", "content": "hello"}]
     settings = GenerationSettings(max_new_tokens=12)
     replies = {name: bot.reply(question, settings) for name, bot in runtime.bots.items()}
@@ -221,6 +223,7 @@ def test_conversations_are_checked_and_cleaned() -> None:
 def test_generation_is_serialised_across_threads(tiny_base: LoadedBase, tmp_path: Path) -> None:
     for domain in ("ecommerce", "medical"):
         save_tiny_adapter(tmp_path / domain, seed=5 if domain == "ecommerce" else 6)
+        save_tiny_adapter(tmp_path / f"{domain}-hybrid", seed=9 if domain == "ecommerce" else 10)
     runtime = Runtime.from_base(tiny_base, tmp_path)
     settings = GenerationSettings(max_new_tokens=12, repetition_penalty=1.0)
     question = [{"role": "user", "content": "what how thanks"}]

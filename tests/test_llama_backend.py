@@ -372,12 +372,15 @@ def test_side_by_side_streams_all_panes_together_on_the_llama_backend(llama_runt
     def panes_of(frame: tuple) -> dict:
         return dict(zip(PANES, frame[1 : 1 + len(PANES)], strict=True))
 
-    final, stats = panes_of(frames[-1]), frames[-1][1 + len(PANES) :]
-    assert all(len(history) == 2 and history[1]["content"] for history in final.values())
-    assert all("first token" in str(line) for line in stats)
+    final, stats = panes_of(frames[-1]), dict(zip(PANES, frames[-1][1 + len(PANES) :], strict=True))
+    available = {name for name in PANES if llama_runtime.bots[name].availability.ok}  # the hybrid adapters are not trained yet
+    assert {"ecommerce-lora", "ecommerce-prompt", "medical-lora", "medical-prompt"} <= available
+    assert all(len(final[name]) == 2 and final[name][1]["content"] for name in available)
+    assert all("first token" in str(stats[name]) for name in available)
+    assert all("unavailable" in str(stats[name]) for name in set(PANES) - available)
     # Interleaved, not one after the other: some frame shows two panes each with an unfinished answer.
     def unfinished(frame: tuple) -> int:
-        return sum(1 for name, h in panes_of(frame).items() if len(h) == 2 and h[1]["content"] and h[1]["content"] != final[name][1]["content"])
+        return sum(1 for name, h in panes_of(frame).items() if name in available and len(h) == 2 and h[1]["content"] and h[1]["content"] != final[name][1]["content"])
 
     assert max(unfinished(frame) for frame in frames) >= 2
 
