@@ -298,3 +298,13 @@ def test_the_report_tab_points_to_the_dev_report_of_the_same_run(full_runtime: R
         build_report_tab(out)
     texts = " ".join(str(getattr(block, "value", "")) for block in tab.blocks.values())
     assert "**dev** split" in texts and "What the dev split says" in texts
+
+
+def test_a_report_of_an_older_set_of_methods_says_so(full_runtime: Runtime, tmp_path: Path) -> None:
+    from training.eval_report import stale_methods_note
+
+    _, results = _run(full_runtime, tmp_path, "--variants", "ecommerce-lora", "--no-guard", limit=1)
+    assert stale_methods_note(results["meta"]) == ""  # made with today's methods
+    older = {**results["meta"], "methods": ["lora", "prompt", "base"]}
+    assert "predates today's methods" in stale_methods_note(older) and "lora, prompt, base" in stale_methods_note(older)
+    assert "predates" in render_report({**results, "meta": older}, {})

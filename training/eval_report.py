@@ -390,6 +390,20 @@ def _header(results: Results) -> str:
     )
 
 
+def stale_methods_note(meta: dict[str, Any]) -> str:
+    """A warning when the run's methods are not today's: a variant name may since mean another method."""
+    from bots.registry import METHODS
+
+    if meta.get("methods") == list(METHODS):
+        return ""
+    then = ", ".join(meta.get("methods") or sorted({info["method"] for info in meta.get("entries", {}).values()}))
+    return (
+        f"**This run predates today's methods** (it had: {then}; today: {', '.join(METHODS)}). A variant may since "
+        "have changed meaning (the static full-sheet prompt, once `<domain>-prompt`, is now `<domain>-static`): "
+        "rerun `python -m training.evaluate` before reading its columns as today's methods."
+    )
+
+
 def _notes(results: Results) -> list[str]:
     meta = results["meta"]
     notes = [f"`{name}` skipped: {reason}" for name, reason in meta.get("skipped", {}).items()]
@@ -397,6 +411,9 @@ def _notes(results: Results) -> list[str]:
     notes += [f"`{name}`: {count} replies failed (scored as empty replies)" for name, count in meta.get("errors", {}).items() if count]
     if meta.get("companion"):
         notes.append(meta["companion"])
+    stale = stale_methods_note(meta)
+    if stale:
+        notes.append(stale)
     statistics = meta.get("statistics")
     if statistics:
         notes.append(

@@ -62,7 +62,7 @@ from bots.bot import Bot
 from bots.cli_args import CommandParser
 from bots.conversation import clean_conversation
 from bots.generation import GenerationSettings
-from bots.registry import VARIANTS, Runtime, get_runtime
+from bots.registry import METHODS, VARIANTS, Runtime, get_runtime
 from training import metrics as m
 from training import stats
 from training.dialogs import DATA_DIR
@@ -551,6 +551,7 @@ def build_meta(runtime: Runtime, config: EvalConfig, plan: Plan, cases: dict[str
         },
         "backend": runtime.backbone.backend,
         "split": config.split,
+        "methods": list(METHODS),
         "limit": config.limit,
         "sources": list(config.sources) if config.sources else None,
         "settings": asdict(config.settings()),

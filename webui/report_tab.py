@@ -25,6 +25,7 @@ from training.eval_report import (
     entries_of,
     reading,
     run_summary,
+    stale_methods_note,
 )
 from training.report_sections import extra_sections
 
@@ -67,7 +68,8 @@ def _summary(results: dict[str, Any]) -> str:
     meta = results["meta"]
     limit = f"at most {meta['limit']} cases per source" if meta.get("limit") else "every case"
     skipped = "".join(f"\n- `{name}` skipped: {reason}" for name, reason in meta.get("skipped", {}).items())
-    notes = "".join(f"\n- {note}" for note in meta.get("notes", []))
+    stale = stale_methods_note(meta)
+    notes = "".join(f"\n- {note}" for note in [*([stale] if stale else []), *meta.get("notes", [])])
     return (
         f"### Latest evaluation ({meta.get('date', '?')})\n"
         f"Base model {meta.get('base_model', {}).get('name', '?')}; {limit}; "
