@@ -43,14 +43,10 @@ from training.eval_data import PROBES_DIR, DomainCases, load_cases
 from training.evaluate import (
     DEFAULT_OUT,
     RATE_CHECKS,
-    Entry,
     Progress,
-    case_outcomes,
     compare_entries,
-    interval,
-    run_variant,
     runtime_from_args,
-    score_entry,
+    score_model_alone,
 )
 from training.report import LOG_FILE
 from training.report_sections import rerender_report
@@ -195,17 +191,11 @@ def curve_cases(domain: str, config: CurveConfig) -> DomainCases:
     return cases
 
 
-def score_bot(bot: Bot, name: str, cases: DomainCases, config: CurveConfig, progress: Progress) -> tuple[dict[str, Any], dict[str, dict[str, bool]]]:
+def score_bot(bot: Bot, cases: DomainCases, config: CurveConfig, progress: Progress) -> tuple[dict[str, Any], dict[str, Any]]:
     """The curve metrics of one bot (model alone), with intervals, and the per-case outcomes for pairing."""
-    flat = [case for items in cases.sources.values() for case in items]
-    settings = GenerationSettings(max_new_tokens=config.max_new_tokens)
     parallel = config.parallel or max(1, bot.backbone.parallel_replies)
-    records = run_variant(bot, [Entry(name, name, False)], flat, settings, progress, parallel)[name]
-    values = score_entry(bot.spec.domain, records, cases)
-    figures, outcomes = {}, {}
-    for key in config.metrics[bot.spec.domain]:
-        outcomes[key] = case_outcomes(key, records)
-        figures[key] = interval(m.METRICS[key], outcomes[key], values.get(key), config.resamples)
+    settings = GenerationSettings(max_new_tokens=config.max_new_tokens)
+    figures, outcomes, _ = score_model_alone(bot, cases, config.metrics[bot.spec.domain], settings, progress, parallel, config.resamples)
     return figures, outcomes
 
 
@@ -233,12 +223,12 @@ def score_domain(runtime: Runtime, domain: str, points: Sequence[TrainedPoint], 
         reference_figures, reference_outcomes = {}, {}
         for method, bot in references.items():
             progress.describe(bot.spec.name)
-            reference_figures[method], reference_outcomes[method] = score_bot(bot, bot.spec.name, cases, config, progress)
+            reference_figures[method], reference_outcomes[method] = score_bot(bot, cases, config, progress)
         rows = []
         for point in points:
             bot = curve_bot(runtime, domain, point)
             progress.describe(bot.spec.name)
-            figures, outcomes = score_bot(bot, bot.spec.name, cases, config, progress)
+            figures, outcomes = score_bot(bot, cases, config, progress)
             against = {
                 key: compare_entries(m.METRICS[key], bot.spec.name, references["prompt"].spec.name, outcomes[key], reference_outcomes["prompt"][key], config.resamples)
                 for key in config.metrics[domain]

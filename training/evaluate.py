@@ -316,6 +316,19 @@ def run_variant(
     return records
 
 
+def score_model_alone(
+    bot: Bot, cases: DomainCases, keys: Sequence[str], settings: GenerationSettings, progress: Progress, parallel: int, resamples: int
+) -> tuple[dict[str, Any], dict[str, Outcomes], list[ReplyRecord]]:
+    """One bot, model alone, on ``cases``: each metric of ``keys`` with its interval, the per-case
+    outcomes (for pairing) and the replies. Used by the data-efficiency curve and the prompt design search."""
+    name = bot.spec.name
+    records = run_variant(bot, [Entry(name, name, False)], [c for items in cases.sources.values() for c in items], settings, progress, parallel)[name]
+    values = score_entry(bot.spec.domain, records, cases)
+    outcomes = {key: case_outcomes(key, records) for key in keys}
+    figures = {key: interval(m.METRICS[key], outcomes[key], values.get(key), resamples) for key in keys}
+    return figures, outcomes, records
+
+
 def can_score(bot: Bot) -> bool:
     """Whether the backbone can score a given continuation (teacher-forced NLL)."""
     return callable(getattr(bot.backbone, "continuation_nll", None))

@@ -38,14 +38,10 @@ from training.eval_data import load_cases
 from training.evaluate import (
     DEFAULT_OUT,
     RATE_CHECKS,
-    Entry,
     Progress,
-    case_outcomes,
     compare_entries,
-    interval,
-    run_variant,
     runtime_from_args,
-    score_entry,
+    score_model_alone,
 )
 from training.prompt_design_report import DESIGN_FILE, DESIGN_NOTES, design_markdown
 from training.report_sections import rerender_report
@@ -113,17 +109,14 @@ def run_designs(runtime: Runtime, domains: list[str], metrics: dict[str, tuple[s
         cases = load_cases(domain, split="dev")
         wanted = {RATE_CHECKS[key][0] for key in metrics[domain]}
         cases.sources = {source: items for source, items in cases.sources.items() if source in wanted}
-        flat = [case for items in cases.sources.values() for case in items]
-        progress = Progress(len(flat) * len(designs[domain]), enabled=True)
+        progress = Progress(cases.total * len(designs[domain]), enabled=True)
         rows, outcomes = [], {}
         try:
             for design in designs[domain]:
                 bot = design_bot(runtime, domain, design)
                 progress.describe(bot.spec.name)
-                records = run_variant(bot, [Entry(bot.spec.name, bot.spec.name, False)], flat, settings, progress, max(1, runtime.backbone.parallel_replies))[bot.spec.name]
-                values = score_entry(domain, records, cases)
-                outcomes[design.name] = {key: case_outcomes(key, records) for key in metrics[domain]}
-                figures = {key: interval(m.METRICS[key], outcomes[design.name][key], values.get(key), resamples) for key in metrics[domain]}
+                parallel = max(1, runtime.backbone.parallel_replies)
+                figures, outcomes[design.name], records = score_model_alone(bot, cases, metrics[domain], settings, progress, parallel, resamples)
                 tokens = [r.prompt_tokens for r in records if not r.error]
                 rows.append({"name": design.name, "note": design.note, "static": design.static, "retrieval": design.retrieval, "values": figures, "prompt_tokens": sum(tokens) / len(tokens) if tokens else None})
         finally:
