@@ -13,7 +13,7 @@ Each reply runs in a lane (a llama.cpp sequence) that keeps its KV cache afterwa
 next request with the same adapter and a common prefix (the prompt variants' 700-token
 system prompt and few-shot dialogs) reuses it and only feeds the new tokens.
 
-Run ``python -m bots.bench`` to compare it with the transformers path and plain llama.cpp.
+Run ``python -m benchmarks.serving`` to compare it with the transformers path and plain llama.cpp.
 """
 
 from __future__ import annotations

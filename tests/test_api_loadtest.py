@@ -1,4 +1,4 @@
-"""The API load test (bots/api_loadtest.py) against the API on loopback, on the tiny model."""
+"""The API load test (benchmarks/api_loadtest.py) against the API on loopback, on the tiny model."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bots import api, api_loadtest
+from benchmarks import api_loadtest
+from bots import api
 from bots.base_model import LoadedBase
 from bots.gate import Gate, GateConfig
 from bots.registry import VARIANTS, Runtime, set_runtime

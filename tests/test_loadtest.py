@@ -1,4 +1,4 @@
-"""The load test (bots/loadtest.py) against the UI served on loopback, on the tiny model."""
+"""The load test (benchmarks/loadtest.py) against the UI served on loopback, on the tiny model."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bots import loadtest
+from benchmarks import loadtest
 from bots.base_model import LoadedBase
 from bots.registry import VARIANTS, Runtime, set_runtime
 from tests.tiny_model import save_tiny_adapter

@@ -8,7 +8,7 @@
 * ``LengthGroupedSampler`` orders a shuffled dataset so that each batch holds dialogs of
   similar length, which keeps the padding of ``DialogCollator`` small.
 
-Used by ``training.train`` and ``training.bench_speed``; no command of its own.
+Used by ``training.train`` and ``benchmarks.training_speed``; no command of its own.
 """
 
 from __future__ import annotations

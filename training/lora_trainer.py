@@ -11,7 +11,7 @@ Three changes to the stock Trainer, each for speed or for an exact figure:
   tokens processed and the time spent, which the model card reports (summed over processes
   under ``accelerate launch``; every process scores the whole validation split itself).
 
-Used by ``training.train`` and ``training.bench_speed``; no command of its own.
+Used by ``training.train`` and ``benchmarks.training_speed``; no command of its own.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Going through the model's forward (rather than calling its submodules) keeps the
 inside DistributedDataParallel's forward, so ``accelerate launch`` still syncs gradients.
 
 ``full_logits_loss_sum`` is the plain reference (all logits, then mask); the tests check
-that both agree, and ``training.bench_speed`` uses it for the naive loop.
+that both agree, and ``benchmarks.training_speed`` uses it for the naive loop.
 """
 
 from __future__ import annotations

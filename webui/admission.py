@@ -112,7 +112,7 @@ def waiting_text(ahead: int) -> str:
 
 
 def is_busy(status: str) -> bool:
-    """Whether a handler's status is the busy answer (for API clients such as bots/loadtest.py)."""
+    """Whether a handler's status is the busy answer (for API clients such as benchmarks/loadtest.py)."""
     return str(status).removeprefix(WARNING).startswith(BUSY_MARK)
 
 

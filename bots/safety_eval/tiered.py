@@ -10,7 +10,7 @@ combines them (bots/guard.py), and counts:
 - recall per red flag.
 
 Used by ``python -m bots.safety_eval``; the timing of the detector is measured by
-``python -m bots.bench_detector``, never here.
+``python -m benchmarks.detector``, never here.
 """
 
 from __future__ import annotations

@@ -1,17 +1,17 @@
 """Load test of the HTTP API (bots/api.py): concurrent clients on /v1/chat/completions, then a replay check.
 
-    python -m bots.api_loadtest --url http://127.0.0.1:8000/v1 --clients 16 --requests 64 --max-tokens 24
-    python -m bots.api_loadtest --serve --clients 16            # serves the API in this process first
-    python -m bots.api_loadtest --url http://127.0.0.1:7860/v1 --clients 16   # the API on the UI's port
+    python -m benchmarks.api_loadtest --url http://127.0.0.1:8000/v1 --clients 16 --requests 64 --max-tokens 24
+    python -m benchmarks.api_loadtest --serve --clients 16            # serves the API in this process first
+    python -m benchmarks.api_loadtest --url http://127.0.0.1:7860/v1 --clients 16   # the API on the UI's port
 
-The same check as bots/loadtest.py makes for the page, through the API: N clients (one
+The same check as benchmarks/loadtest.py makes for the page, through the API: N clients (one
 HTTP connection pool each) send greedy single-turn requests cycling through the available
 variants (GET /v1/models) and each domain's example questions; every other request streams
 (SSE), so both paths are under load. Every answer must name the variant asked and carry
 usage; a 429 is counted as busy (the server doing its job), not as a failure. Then every
 distinct (variant, message) is sent again alone: each reply under load must equal its lone
 run (nothing mixed), and every request must have come back (nothing lost). The report has
-the same lines as bots/loadtest.py's.
+the same lines as benchmarks/loadtest.py's.
 
 Loopback only. Exit status 0 when all is well, 1 on any failure, loss or mismatch, 2 on bad usage.
 TOP_API_KEY, when set, is sent as the bearer key.
@@ -30,8 +30,8 @@ from collections.abc import Iterator
 
 import httpx
 
+from benchmarks.loadtest import ChatRequest, LoadReport, Outcome, format_report, plan, require_loopback
 from bots.api import ENV_API_KEY
-from bots.loadtest import ChatRequest, LoadReport, Outcome, format_report, plan, require_loopback
 from bots.registry import VARIANTS
 
 
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     from bots.base_source import BaseModelError
     from bots.cli_args import CommandParser
 
-    parser = CommandParser(prog="python -m bots.api_loadtest", description="Load test of the OpenAI-compatible API (loopback only).")
+    parser = CommandParser(prog="python -m benchmarks.api_loadtest", description="Load test of the OpenAI-compatible API (loopback only).")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--url", help="the API's base URL, e.g. http://127.0.0.1:8000/v1")
     target.add_argument("--serve", action="store_true", help="serve the API in this process on a free loopback port")

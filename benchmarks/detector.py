@@ -1,7 +1,7 @@
 """Benchmark: what the emergency guard adds to a request, rules alone against rules + detector.
 
-    python -m bots.bench_detector                      # llama.cpp (auto) backend, 60 messages
-    python -m bots.bench_detector --backend transformers --messages 30
+    python -m benchmarks.detector                      # llama.cpp (auto) backend, 60 messages
+    python -m benchmarks.detector --backend transformers --messages 30
 
 Times, per message of ``bots/safety_eval/tiers_dev.jsonl``, the rules alone and the whole
 guard (rules + the detector's forward pass and linear layer), after a warm-up, and prints
@@ -32,7 +32,7 @@ def _ms(samples: list[float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = CommandParser(prog="python -m bots.bench_detector", description="Time the emergency guard: rules alone against rules + learned detector.")
+    parser = CommandParser(prog="python -m benchmarks.detector", description="Time the emergency guard: rules alone against rules + learned detector.")
     parser.add_argument("--backend", default=None, help="serving backend (default auto)")
     parser.add_argument("--messages", type=int, default=60, help="messages to time (default 60)")
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """Measure LoRA training speed: a naive loop against our Trainer path, in real tokens per second.
 
-    python -m training.bench_speed                 # ecommerce data, ~3-5 minutes on 2 cores
-    python -m training.bench_speed --steps 3 --domain medical
+    python -m benchmarks.training_speed                 # ecommerce data, ~3-5 minutes on 2 cores
+    python -m benchmarks.training_speed --steps 3 --domain medical
 
 Both runs use the embedded base model, the domain yaml's LoRA (r=16 on all linear layers),
 AdamW, fp32 and the same real training dialogs; only real (non-padding) tokens count.
@@ -119,7 +119,7 @@ def bench_ours(domain: str, steps: int, work_dir: Path, seed: int = 0) -> Speed:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = CommandParser(prog="python -m training.bench_speed", description=__doc__.split("\n\n")[0])
+    parser = CommandParser(prog="python -m benchmarks.training_speed", description=__doc__.split("\n\n")[0])
     parser.add_argument("--domain", default="ecommerce", help="whose training dialogs to use")
     parser.add_argument("--steps", type=int, default=4, help="timed naive steps (8 x 256 tokens each)")
     parser.add_argument("--our-steps", type=int, default=12, help="timed steps of our Trainer path (8 dialogs each)")

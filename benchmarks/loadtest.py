@@ -1,7 +1,7 @@
 """Load test of the chat UI: concurrent gradio_client sessions on ``/chat``, then a replay check.
 
-    python -m bots.loadtest --url http://127.0.0.1:7860/ --sessions 16 --duration 60 --max-new-tokens 24
-    python -m bots.loadtest --serve --sessions 4 --requests 8     # starts the UI itself first
+    python -m benchmarks.loadtest --url http://127.0.0.1:7860/ --sessions 16 --duration 60 --max-new-tokens 24
+    python -m benchmarks.loadtest --serve --sessions 4 --requests 8     # starts the UI itself first
 
 N sessions (one gradio_client each) send single-turn greedy requests that cycle through the
 available variants (a variant whose status says 'unavailable' is skipped) and each domain's
@@ -287,7 +287,7 @@ def _free_port() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = CommandParser(prog="python -m bots.loadtest", description="Load test of the chat UI (loopback only).")
+    parser = CommandParser(prog="python -m benchmarks.loadtest", description="Load test of the chat UI (loopback only).")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--url", help="the running UI, e.g. http://127.0.0.1:7860/")
     target.add_argument("--serve", action="store_true", help="start the UI in this process on a free loopback port")

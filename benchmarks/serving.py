@@ -15,9 +15,9 @@ One run measures, on this machine and the same GGUF file:
 
 and prints each figure with its ratio and the target. Run::
 
-    python -m bots.bench                 # about 5 minutes on 2 cores
-    python -m bots.bench --quick         # fewer probes, no cold start of transformers
-    python -m bots.bench --json out.json # also write the figures
+    python -m benchmarks.serving                 # about 5 minutes on 2 cores
+    python -m benchmarks.serving --quick         # fewer probes, no cold start of transformers
+    python -m benchmarks.serving --json out.json # also write the figures
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def _child_main(argv: list[str]) -> None:
 
 def _run_child(mode: str, backend: str, env: dict[str, str]) -> dict:
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "bots.bench", "--child", mode, backend], env={**os.environ, **env}, capture_output=True, text=True, check=False)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.serving", "--child", mode, backend], env={**os.environ, **env}, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - started
     lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH ")]
     if proc.returncode or not lines:
@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--child"]:
         _child_main(argv[1:])
         return 0
-    parser = CommandParser(prog="python -m bots.bench", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="python -m benchmarks.serving", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 probes per domain; skip the reference's cold start")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
