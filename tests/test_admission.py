@@ -35,6 +35,50 @@ def test_the_gate_admits_up_to_its_limit_then_says_how_many_are_ahead() -> None:
     assert gate.in_flight == 0
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_queue_takes_newcomers_until_their_expected_wait_is_too_long() -> None:
+    clock = FakeClock()
+    gate = Gate(AdmissionConfig(max_in_flight=10, max_running=2, max_wait_s=25.0), clock=clock)
+    first, second = gate.admit(), gate.admit()  # both run at once
+    clock.now = 10.0
+    gate.leave(first)
+    gate.leave(second)
+    assert gate.service_s == 10.0  # nothing timed before: the first reply sets the average
+    running = [gate.admit(), gate.admit()]  # no wait: two lanes are free
+    waiting = [gate.admit() for _ in range(5)]  # 1-5 ahead, 10 s a reply on 2 lanes: 5 s a person, up to 25 s
+    assert [gate.expected_wait_s(t) for t in waiting] == [5.0, 10.0, 15.0, 20.0, 25.0]
+    with pytest.raises(ServerBusy) as refused:
+        gate.admit()  # the queue has room (7 of 10), but 6 ahead means a 30 s wait
+    assert refused.value.ahead == 7 and refused.value.expected_wait_s == 30.0 and "a wait of about 30 s" in str(refused.value)
+    clock.now = 16.0
+    for ticket in running:
+        gate.leave(ticket)  # took 6 s: the average moves towards it
+    assert gate.service_s == pytest.approx(0.8 * (0.8 * 10 + 0.2 * 6) + 0.2 * 6)
+    assert gate.ahead_of(waiting[0]) == 0 and gate.expected_wait_s(waiting[0]) == 0.0
+    gate.leave(waiting[0])  # left without a turn timed from its admission: it ran from t=16
+    assert gate.service_s == pytest.approx(0.8 * (0.8 * (0.8 * 10 + 0.2 * 6) + 0.2 * 6))
+
+
+def test_without_a_wait_limit_only_the_queue_bound_refuses() -> None:
+    clock = FakeClock()
+    gate = Gate(AdmissionConfig(max_in_flight=3, max_running=1, max_wait_s=None), clock=clock)
+    timed = gate.admit()
+    clock.now = 500.0
+    gate.leave(timed)
+    tickets = [gate.admit() for _ in range(3)]
+    assert gate.expected_wait_s(tickets[2]) == 1000.0
+    with pytest.raises(ServerBusy) as refused:
+        gate.admit()
+    assert refused.value.expected_wait_s is None and refused.value.ahead == 3
+
+
 def test_a_waiting_ticket_wakes_when_the_one_ahead_leaves() -> None:
     gate = Gate(AdmissionConfig(max_in_flight=2))
     running, waiting = gate.admit(), gate.admit()
@@ -55,7 +99,16 @@ def test_configuration_from_the_environment_and_its_checks(monkeypatch: pytest.M
         AdmissionConfig.from_env()
     monkeypatch.delenv("TOP_MAX_IN_FLIGHT")
     assert AdmissionConfig.from_env() == AdmissionConfig()
-    for bad in (AdmissionConfig(max_in_flight=0), AdmissionConfig(max_in_flight=40), AdmissionConfig(gradio_queue_max_size=10)):
+    monkeypatch.setenv("TOP_MAX_WAIT_S", "30")
+    assert AdmissionConfig.from_env().max_wait_s == 30.0
+    monkeypatch.setenv("TOP_MAX_WAIT_S", "0")
+    assert AdmissionConfig.from_env().max_wait_s is None  # 0: no limit on the wait, only on the queue
+    monkeypatch.setenv("TOP_MAX_WAIT_S", "-5")
+    with pytest.raises(ValueError, match="TOP_MAX_WAIT_S"):
+        AdmissionConfig.from_env()
+    monkeypatch.delenv("TOP_MAX_WAIT_S")
+    assert AdmissionConfig(max_in_flight=64).worker_threads > AdmissionConfig(max_in_flight=64).dispatch_limit > 64
+    for bad in (AdmissionConfig(max_in_flight=0), AdmissionConfig(max_wait_s=0), AdmissionConfig(gradio_queue_max_size=10), AdmissionConfig(service_smoothing=0)):
         with pytest.raises(ValueError):
             bad.validate()
 
@@ -76,7 +129,7 @@ def test_a_wrapped_handler_runs_after_its_turn_and_always_leaves() -> None:
     with small_gate(max_in_flight=2) as gate:
         ahead = gate.admit()
         frames = echo("hi", HISTORY)
-        assert next(frames) == (gr.skip(), gr.skip(), "⏳ Waiting for the model: 1 person is ahead of you…")  # status only
+        assert next(frames) == (gr.skip(), gr.skip(), "⏳ In the queue: 1 person is ahead of you…")  # status only
         done: list[object] = []
         worker = threading.Thread(target=lambda: done.append(next(frames)))
         worker.start()
@@ -113,7 +166,7 @@ def test_every_generation_handler_answers_busy_at_once_and_keeps_what_the_user_h
         with pytest.warns(UserWarning, match="Server busy"):  # gr.Warning outside a request: a Python warning
             chat = list(respond("next?", HISTORY, "ecommerce", "prompt", *SETTINGS))
         assert len(chat) == 1 and chat[0][:2] == (HISTORY, "next?") and is_busy(chat[0][2])
-        assert chat[0][2] == "⚠️ Server busy: 1 person is ahead of you. Your conversation is kept: send your message again in a few seconds."
+        assert chat[0][2] == "⚠️ Server busy: 1 person is ahead of you. Your conversation is kept: send your message again in a little while."
 
         with pytest.warns(UserWarning):
             lab = list(lab_chat("next?", HISTORY, "ecommerce", *SETTINGS, None))

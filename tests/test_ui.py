@@ -129,6 +129,14 @@ def _one_turn(client: Client) -> list[dict]:
     return client.predict("hi", [], "ecommerce", "prompt", 16, 0.0, 0.95, 1.1, api_name="/chat")[0]
 
 
+def test_every_launch_gives_gradio_a_worker_thread_for_each_place_in_the_queue(served: tuple[Client, Runtime]) -> None:
+    import ui
+    from webui.admission import current_gate
+
+    config = current_gate().config
+    assert ui.demo.max_threads == config.worker_threads > config.dispatch_limit > config.max_in_flight >= 64
+
+
 def test_a_full_server_answers_busy_at_once_and_the_running_reply_completes(served: tuple[Client, Runtime]) -> None:
     import time
 
@@ -148,7 +156,7 @@ def test_a_full_server_answers_busy_at_once_and_the_running_reply_completes(serv
             refused_after = time.monotonic() - started
         finally:
             runtime.backbone.lock.release()
-        assert is_busy(status) and "1 person is ahead of you" in status and "few seconds" in status
+        assert is_busy(status) and "1 person is ahead of you" in status and "a little while" in status
         assert history == HISTORY and textbox == "next?"  # the conversation and the typed message stay
         assert refused_after < 5.0, f"the busy answer took {refused_after:.1f}s"
         history, _, status = first.result(timeout=30)

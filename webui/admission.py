@@ -9,24 +9,29 @@ the same single model.
 
 So the gate counts the generation requests in this process, across tabs, in arrival order:
 the first ``max_running`` (as many as the backbone generates at once) run, the others
-wait their turn in order, and over ``max_in_flight`` a request is answered at once with
-busy text naming how many people are ahead. Handlers wrapped with ``admitted`` show it in
-their status area (with a gr.Warning toast), keep the conversation and the typed message,
-and return; API clients get it as a normal answer whose status ``is_busy``. A waiting
-request shows "N people ahead of you" (status only: what the user types meanwhile stays)
-and yields between polls, so Stop frees its place.
+wait their turn in order in a bounded queue (bots/gate.py). Only when the queue is full
+(``max_in_flight``), or the expected wait is over ``max_wait_s``, is a request answered at
+once with busy text naming how many people are ahead. Handlers wrapped with ``admitted``
+show it in their status area (with a gr.Warning toast), keep the conversation and the
+typed message, and return; API clients get it as a normal answer whose status ``is_busy``.
+A waiting request shows its place in the queue and its expected wait (status only: what the
+user types meanwhile stays) and yields between polls, so Stop frees its place.
 
 For requests to reach the gate at once, the generation events share one Gradio concurrency
 group (``generation_events``) whose limit is above ``max_in_flight``, and Gradio's own queue
-(ui.py) is larger still: its toast is only a last resort for a flood. Limit: environment
-variable TOP_MAX_IN_FLIGHT (default 16). Waiting requests hold Gradio worker threads (40
-by default), so the group's limit must stay below that.
+(ui.py) is larger still: its toast is only a last resort for a flood. Waiting requests hold
+Gradio worker threads, so every launch of the page (webui/api_mount.ApiBlocks) gives Gradio
+``worker_threads`` of them, more than the group can hold. Limits: environment variables
+TOP_MAX_IN_FLIGHT (default 64) and TOP_MAX_WAIT_S (default 120 s), read as for the API.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -37,8 +42,8 @@ from bots.gate import Ticket
 from bots.registry import peek_runtime
 
 ENV_MAX_IN_FLIGHT = gate.ENV_MAX_IN_FLIGHT
-GRADIO_WORKER_THREADS = 40
-"""Gradio's default ``max_threads`` (Blocks.launch): sync handlers run on these threads."""
+OTHER_EVENT_THREADS = 16
+"""Gradio worker threads kept for the events outside the generation group (page loads, votes, the lab's saves)."""
 CONCURRENCY_ID = "generation"
 BUSY_MARK = "Server busy"
 WARNING = "⚠️ "
@@ -50,14 +55,10 @@ Notice = Callable[..., Frame]
 
 
 @dataclass(frozen=True)
-class AdmissionConfig:
-    """How many generation requests the server takes in at once."""
+class AdmissionConfig(gate.GateConfig):
+    """How many generation requests the page takes in at once: bots.gate's limits (the queue's
+    bound ``max_in_flight``, ``max_running``, ``max_wait_s``), plus Gradio's side of them."""
 
-    max_in_flight: int = 16
-    """Requests admitted at once, running or waiting; one more is answered 'busy'."""
-    max_running: int | None = None
-    """Admitted requests that run at once; None: as many as the backbone generates at once
-    (one for transformers, whose lock serialises replies; its lanes for llama.cpp)."""
     refusal_slots: int = 8
     """Room in the Gradio concurrency group above max_in_flight, so refusals run at once too."""
     gradio_queue_max_size: int = 128
@@ -70,22 +71,20 @@ class AdmissionConfig:
         """concurrency_limit of the generation group: every admitted request plus the refusals."""
         return self.max_in_flight + self.refusal_slots
 
+    @property
+    def worker_threads(self) -> int:
+        """Gradio's ``max_threads`` for the page: one per request the generation group holds, plus the other events'."""
+        return self.dispatch_limit + OTHER_EVENT_THREADS
+
     @classmethod
     def from_env(cls) -> AdmissionConfig:
-        """The limit from TOP_MAX_IN_FLIGHT, read as the API's gate reads it (bots.gate)."""
-        limit = gate.GateConfig.from_env().max_in_flight
-        try:
-            return cls(max_in_flight=limit).validate()
-        except ValueError as exc:
-            raise ValueError(f"{ENV_MAX_IN_FLIGHT}={limit}: {exc}") from exc
+        """The limits from the environment, read as the API's gate reads them (bots.gate)."""
+        return cls(**dataclasses.asdict(gate.GateConfig.from_env())).validate()
 
     def validate(self) -> AdmissionConfig:
-        if self.max_in_flight < 1 or (self.max_running is not None and not 1 <= self.max_running <= self.max_in_flight):
-            raise ValueError("max_in_flight must be at least 1, and max_running from 1 to max_in_flight")
+        super().validate()
         if self.refusal_slots < 1 or self.poll_s <= 0:
             raise ValueError("refusal_slots and poll_s must be positive")
-        if self.dispatch_limit >= GRADIO_WORKER_THREADS:
-            raise ValueError(f"max_in_flight + refusal_slots must stay below Gradio's {GRADIO_WORKER_THREADS} worker threads (waiting requests hold one)")
         if self.gradio_queue_max_size <= self.dispatch_limit:
             raise ValueError("gradio_queue_max_size must be above max_in_flight + refusal_slots")
         return self
@@ -94,21 +93,27 @@ class AdmissionConfig:
 class ServerBusy(gate.ServerBusy):
     """No room for one more generation request; ``ahead`` people are already in (the page's wording)."""
 
-    def __init__(self, ahead: int) -> None:
-        super().__init__(ahead)
-        self.args = (busy_text(ahead),)
+    def __init__(self, ahead: int, expected_wait_s: float | None = None) -> None:
+        super().__init__(ahead, expected_wait_s)
+        self.args = (busy_text(ahead, expected_wait_s),)
 
 
 def _people(n: int) -> str:
     return "1 person is" if n == 1 else f"{n} people are"
 
 
-def busy_text(ahead: int) -> str:
-    return f"{BUSY_MARK}: {_people(ahead)} ahead of you. Your conversation is kept: send your message again in a few seconds."
+def _about(seconds: float) -> str:
+    return f"about {math.ceil(seconds)} s" if seconds < 90 else f"about {math.ceil(seconds / 60)} min"
 
 
-def waiting_text(ahead: int) -> str:
-    return f"⏳ Waiting for the model: {_people(ahead)} ahead of you…"
+def busy_text(ahead: int, expected_wait_s: float | None = None) -> str:
+    wait = "" if expected_wait_s is None else f" (a wait of {_about(expected_wait_s)})"
+    return f"{BUSY_MARK}: {_people(ahead)} ahead of you{wait}. Your conversation is kept: send your message again in a little while."
+
+
+def waiting_text(ahead: int, expected_wait_s: float | None = None) -> str:
+    wait = "" if expected_wait_s is None else f", {_about(expected_wait_s)} to wait"
+    return f"⏳ In the queue: {_people(ahead)} ahead of you{wait}…"
 
 
 def is_busy(status: str) -> bool:
@@ -125,15 +130,15 @@ class Gate(gate.Gate):
     """The page's gate: bots.gate's line (one rule for the page and the API) with the page's
     configuration, its busy wording and the backbone of the process's runtime."""
 
-    def __init__(self, config: AdmissionConfig | None = None) -> None:
-        super().__init__(config or AdmissionConfig(), parallel=_backbone_parallel)
+    def __init__(self, config: AdmissionConfig | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(config or AdmissionConfig(), parallel=_backbone_parallel, clock=clock)
 
     def admit(self) -> Ticket:
         """A place in line, or ServerBusy at once when the line is full."""
         try:
             return super().admit()
         except gate.ServerBusy as exc:
-            raise ServerBusy(exc.ahead) from None
+            raise ServerBusy(exc.ahead, exc.expected_wait_s) from None
 
     def ahead_of(self, ticket: Ticket) -> int:
         """People who must finish before this ticket runs (0: its turn)."""
@@ -191,7 +196,7 @@ def admitted(busy: Notice, waiting: Notice) -> Callable[[Handler], Handler]:
                 ahead = gate.ahead_of(ticket)
                 while ahead:
                     # A yield between polls lets Gradio close us on Stop, which frees the place in line.
-                    yield waiting(waiting_text(ahead), *args)
+                    yield waiting(waiting_text(ahead, gate.expected_wait_s(ticket)), *args)
                     ahead = gate.wait_turn(ticket, gate.config.poll_s)
                 yield from handler(*args)
             finally:

@@ -4,7 +4,8 @@
 launched (``python ui.py``, ``gradio ui.py``, a test's ``ui.demo.launch(...)``): the routes
 go into the FastAPI app Gradio creates at launch (``app_kwargs["routes"]``), ahead of its
 own. API requests wait in the page's admission line (webui/admission.py), so page users
-and API clients share one limit on the one model. Only the variants are served here: the
+and API clients share one limit on the one model. Every launch also gives Gradio enough
+worker threads for everyone that line holds. Only the variants are served here: the
 raw base and adapters (the engine side of --backend openai) are for ``python -m bots.api``.
 """
 
@@ -29,7 +30,7 @@ class PageGate:
         try:
             return self._gate.admit()
         except ServerBusy as exc:
-            raise ApiBusy(exc.ahead) from exc
+            raise ApiBusy(exc.ahead, exc.expected_wait_s) from exc
 
     def wait_turn(self, ticket: Ticket, timeout_s: float) -> int:  # type: ignore[override]
         return self._gate.wait_turn(ticket, timeout_s)
@@ -40,6 +41,8 @@ class PageGate:
 
 class ApiBlocks(gr.Blocks):
     def launch(self, *args: Any, app_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> Any:  # type: ignore[override]
+        # Requests waiting in the admission queue each hold a Gradio worker thread: give it enough.
+        kwargs.setdefault("max_threads", current_gate().config.worker_threads)
         app_kwargs = dict(app_kwargs or {})
         app_kwargs["routes"] = [*api_routes(ApiService(ApiConfig.from_env(serve_raw=False), gate=PageGate)), *app_kwargs.get("routes", [])]
         return super().launch(*args, app_kwargs=app_kwargs, **kwargs)
