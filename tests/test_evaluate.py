@@ -308,3 +308,51 @@ def test_a_report_of_an_older_set_of_methods_says_so(full_runtime: Runtime, tmp_
     older = {**results["meta"], "methods": ["lora", "prompt", "base"]}
     assert "predates today's methods" in stale_methods_note(older) and "lora, prompt, base" in stale_methods_note(older)
     assert "predates" in render_report({**results, "meta": older}, {})
+
+
+def test_a_run_reuses_an_earlier_runs_replies_where_nothing_they_depend_on_changed(
+    full_runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = write_test_split(tmp_path / "data")
+    variants = "ecommerce-lora,ecommerce-prompt,medical-prompt"
+
+    def run(out: str, *extra: str) -> dict:
+        argv = ["--split", "all", "--variants", variants, "--limit", "2", "--out", str(tmp_path / out), "--data-dir", str(data), "--max-new-tokens", "6", "--no-progress", *extra]
+        assert evaluate.main(argv, runtime=full_runtime) == 0
+        return json.loads((tmp_path / out / "results.json").read_text())
+
+    first = run("first")
+    generated: list[str] = []
+    real_generate = evaluate.generate
+
+    def counting_generate(bot: Bot, entry: evaluate.Entry, *args: object) -> evaluate.ReplyRecord:
+        generated.append(entry.name)
+        return real_generate(bot, entry, *args)
+
+    monkeypatch.setattr(evaluate, "generate", counting_generate)
+    again = run("again", "--reuse", str(tmp_path / "first"))
+    assert generated == []  # every reply, of both splits, was taken from the first run
+    assert again["variants"] == first["variants"] and again["comparisons"] == first["comparisons"]
+    taken = again["meta"]["reuse"]["replies"]
+    dev_counts = json.loads((tmp_path / "again" / "dev" / "results.json").read_text())["meta"]["counts"]
+    assert set(taken) == set(again["meta"]["counts"])
+    assert all(taken[name] == sum(counts.values()) + sum(dev_counts[name].values()) > 0 for name, counts in again["meta"]["counts"].items())  # both splits
+    assert all(json.loads(line)["reused"] for line in (tmp_path / "again" / "replies.jsonl").read_text().splitlines())
+
+    # A new adapter: only that variant's replies are generated again.
+    save_tiny_adapter(Path(full_runtime.bot("ecommerce-lora").adapter_path), seed=7)
+    changed = Runtime.from_base(full_runtime.backbone.base, Path(full_runtime.bot("ecommerce-lora").adapter_path).parent)
+    full_runtime = changed
+    run("new_adapter", "--reuse", str(tmp_path / "first"))
+    assert generated and set(generated) == {"ecommerce-lora", "ecommerce-lora+guard"}
+    rows = [json.loads(line) for line in (tmp_path / "new_adapter" / "replies.jsonl").read_text().splitlines()]
+    assert {r["entry"] for r in rows if not r["reused"]} == {"ecommerce-lora", "ecommerce-lora+guard"}
+
+    # Served differently (another reply length): nothing is taken, and the run says why.
+    generated.clear()
+    capsys.readouterr()
+    argv = ["--split", "test", "--variants", "ecommerce-prompt", "--limit", "2", "--out", str(tmp_path / "longer"), "--data-dir", str(data), "--max-new-tokens", "7", "--no-progress", "--reuse", str(tmp_path / "first")]
+    assert evaluate.main(argv, runtime=full_runtime) == 0
+    assert "served differently (settings)" in capsys.readouterr().err and "ecommerce-prompt" in generated
+    with pytest.raises(SystemExit):
+        evaluate.main(["--reuse", str(tmp_path / "nowhere")], runtime=full_runtime)

@@ -46,11 +46,40 @@ def test_concurrent_sessions_lose_and_mix_nothing(tiny_runtime: Runtime) -> None
         assert not report.ok and "LOST" in loadtest.format_report(report)
 
 
-def test_command_line_serves_the_ui_itself(tiny_runtime: Runtime, capsys: pytest.CaptureFixture[str]) -> None:
-    assert loadtest.main(["--serve", "--sessions", "2", "--requests", "4", "--max-new-tokens", "16"]) == 0
-    out = capsys.readouterr().out
-    assert "sent 4, completed 4, failed 0, busy 0, lost 0" in out
-    assert "p50" in out and "p95" in out and "OK: nothing lost, nothing mixed" in out
+def test_the_sweep_serves_the_ui_in_its_own_process_and_reports_every_level(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+    import sys
+
+    figures = tmp_path / "load.json"
+    command = f"{sys.executable} -m tests.ui_child"
+    status = loadtest.main(["--serve", "--serve-command", command, "--sessions", "1,3", "--per-session", "1", "--max-new-tokens", "16", "--json", str(figures)])
+    out, err = capsys.readouterr()
+    assert status == 0, out + err
+    rows = json.loads(figures.read_text())["levels"]
+    assert [row["sessions"] for row in rows] == [1, 3]
+    # Each level sends whole cycles of the mix: the 8 available variants of the tiny UI (no medical adapters), 6 questions each.
+    assert [row["sent"] for row in rows] == [row["completed"] for row in rows] == [48, 48]
+    assert rows[0]["ratio_to_first_level"] == 1.0 and rows[1]["ratio_to_first_level"] > 0
+    assert all(row["busy"] == row["lost"] == row["failed"] == 0 and 0 < row["p50_s"] <= row["p95_s"] for row in rows)
+    assert "vs 1st" in out and "48 distinct requests re-run alone, 0 mismatch(es)" in out and "OK: nothing lost, nothing mixed" in out
+
+
+def test_a_server_that_dies_at_start_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    command = f"{sys.executable} -c 'import sys; print(\"no model here\"); sys.exit(3)'"
+    assert loadtest.main(["--serve", "--serve-command", command, "--sessions", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "ended with status 3 before answering" in err and "no model here" in err
+
+
+def test_levels_are_distinct_positive_numbers() -> None:
+    assert loadtest.parse_levels("1,4,16,64") == [1, 4, 16, 64]
+    for bad in ("", "0,4", "4,4", "one"):
+        with pytest.raises(ValueError, match="--sessions"):
+            loadtest.parse_levels(bad)
+    assert loadtest.level_requests(["ecommerce-prompt", "medical-prompt"], sessions=4, per_session=4) == 24  # 16 rounded up to 2 cycles of 12 (6 questions a domain)
+    assert loadtest.level_requests(["ecommerce-prompt", "medical-prompt"], sessions=1, per_session=1) == 12
 
 
 def test_only_loopback_targets_are_accepted() -> None:

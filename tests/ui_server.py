@@ -26,7 +26,7 @@ class ServedUI:
 
 
 @contextmanager
-def serve_tiny_ui(folder: Path) -> Iterator[ServedUI]:
+def serve_tiny_ui(folder: Path, port: int | None = None) -> Iterator[ServedUI]:
     save_tiny_adapter(folder / "adapters" / "ecommerce")
     save_tiny_adapter(folder / "adapters" / "ecommerce-hybrid", seed=2)  # medical's adapters stay missing: the unavailable case
     runtime = Runtime.from_base(make_tiny_base(), folder / "adapters")
@@ -36,7 +36,7 @@ def serve_tiny_ui(folder: Path) -> Iterator[ServedUI]:
         set_runtime(runtime)
         import ui
 
-        _, url, _ = ui.demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+        _, url, _ = ui.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
         try:
             yield ServedUI(url, runtime, votes_db)
         finally:

@@ -3,6 +3,7 @@
     python -m training.evaluate                                   # every variant, test split, fast backend
     python -m training.evaluate --variants ecommerce-prompt,medical-prompt --limit 3 --out /tmp/evaltest
     python -m training.evaluate --backend transformers --split all --limit 12 --no-guard
+    python -m training.evaluate --split all --reuse training/reports  # generate only what changed
 
 Each selected variant answers greedily (reproducible) every case of its domain: the test split
 of the dialogs (the dialog's last assistant turn is the reference, earlier turns are the
@@ -12,7 +13,8 @@ variant whose adapter is missing is skipped with the reason in the report. Where
 safety guards (``Bot.stream(..., guard=)``), every variant is reported twice: the model alone
 (``guard=False``) and ``<variant>+guard``; ``--no-guard`` keeps only the model alone. A guard that
 does not act leaves the reply unchanged (greedy decoding), so such a reply is generated once and
-counted for both.
+counted for both. ``--reuse DIR`` takes the replies of an earlier run where nothing they depend
+on changed (``training.eval_reuse``), so a new adapter or prompt costs only its own replies.
 
 Backends: the fast one by default (llama.cpp when installed, as ``auto`` chooses), with
 ``--parallel`` replies in flight (the backend's lanes); ``--backend transformers`` is the
@@ -69,6 +71,7 @@ from training.dialogs import DATA_DIR
 from training.eval_data import PROBE_SOURCES, PROBES_DIR, SPLITS, TEST_SOURCE, DomainCases, EvalCase, load_cases
 from training.eval_plots import write_plots
 from training.eval_report import METHOD_ORDER, write_report
+from training.eval_reuse import DEV_FOLDER, Previous, load_previous, reply_fingerprint, serving_fingerprint
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "reports"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -112,6 +115,8 @@ class EvalConfig:
     """Bootstrap resamples for intervals and paired tests (seeded)."""
     sources: tuple[str, ...] | None = None
     """Only these sources (e.g. 'facts', 'support'): quick design iterations on the dev split; None: all."""
+    reuse: Path | None = None
+    """An earlier run's report folder whose replies are taken where nothing they depend on changed (training/eval_reuse.py)."""
 
     def settings(self) -> GenerationSettings:
         # Greedy: the run is reproducible and the variants are compared on their best guess.
@@ -165,6 +170,10 @@ class ReplyRecord:
     reference_nll: float | None = None
     """Summed NLL of the reference answer under the variant (test-split dialogs; the guard does not change it)."""
     reference_tokens: int | None = None
+    fingerprint: str = ""
+    """What the reply depends on besides the run's serving (training/eval_reuse.reply_fingerprint)."""
+    reused: bool = False
+    """Taken from an earlier run (--reuse) instead of generated in this one."""
 
     @property
     def key(self) -> str:
@@ -273,6 +282,12 @@ class Progress:
                 self.bar.set_description(description, refresh=False)
             self.bar.update(1)
 
+    def advance(self, steps: int) -> None:
+        """Count steps done without work (replies taken from an earlier run)."""
+        if steps > 0:
+            with self._lock:
+                self.bar.update(steps)
+
     def describe(self, description: str) -> None:
         with self._lock:
             self.bar.set_description(description)
@@ -281,26 +296,53 @@ class Progress:
         self.bar.close()
 
 
+RECORD_FIELDS = frozenset(ReplyRecord.__dataclass_fields__)
+
+
+def taken_record(row: dict[str, Any], case: EvalCase, domain: str) -> ReplyRecord:
+    """An earlier run's reply as this run's record, scored again with today's checks."""
+    record = ReplyRecord(**{k: v for k, v in row.items() if k in RECORD_FIELDS})
+    record.reused = True
+    score_reply(record, case, domain)
+    return record
+
+
 def run_variant(
-    bot: Bot, entries: Sequence[Entry], cases: Sequence[EvalCase], settings: GenerationSettings, progress: Progress, parallel: int = 1
+    bot: Bot,
+    entries: Sequence[Entry],
+    cases: Sequence[EvalCase],
+    settings: GenerationSettings,
+    progress: Progress,
+    parallel: int = 1,
+    previous: Previous | None = None,
+    adapter_sha: str | None = None,
 ) -> dict[str, list[ReplyRecord]]:
     """Replies of one variant for its entries (model alone and/or '+guard'), in case order.
 
     The guarded reply comes first: where the guard did not act, the model-alone reply is the
     same greedy reply, so it is reused instead of generated again. With ``parallel`` > 1 that
     many cases are in flight at once (the llama.cpp backend batches them; replies stay the same).
+    With ``previous``, a reply whose fingerprint an earlier run shares is taken from it.
     """
     alone = next((e for e in entries if not e.guard), None)
     guarded = next((e for e in entries if e.guard), None)
+    domain = bot.spec.domain
+
+    def reply(entry: Entry, case: EvalCase) -> ReplyRecord:
+        fingerprint = reply_fingerprint(bot, entry.name, list(case.conversation), adapter_sha)
+        row = previous.take(entry.name, case.source, case.case_id, fingerprint) if previous else None
+        record = taken_record(row, case, domain) if row is not None else generate(bot, entry, case, settings)
+        record.fingerprint = fingerprint
+        return record
 
     def one(case: EvalCase) -> list[ReplyRecord]:
         out = []
-        first = generate(bot, guarded, case, settings) if guarded else None
+        first = reply(guarded, case) if guarded else None
         if first:
             out.append(first)
         if alone:
-            reuse = first is not None and first.guard_acted is False and not first.error
-            out.append(replace(first, entry=alone.name, guard_acted=None, triage=None) if reuse else generate(bot, alone, case, settings))
+            same = first is not None and first.guard_acted is False and not first.error and not first.reused
+            out.append(replace(first, entry=alone.name, guard_acted=None, triage=None, fingerprint=reply_fingerprint(bot, alone.name, list(case.conversation), adapter_sha)) if same else reply(alone, case))
         progress.step()
         return out
 
@@ -536,15 +578,21 @@ def perplexity_source(runtime: Runtime, scored: bool) -> dict[str, Any]:
     }
 
 
-def build_meta(runtime: Runtime, config: EvalConfig, plan: Plan, cases: dict[str, DomainCases]) -> dict[str, Any]:
-    """Where the numbers come from: base, adapters, data, machine, settings (results.json 'meta')."""
-    adapters = {}
+def adapters_of(runtime: Runtime, plan: Plan) -> dict[str, dict[str, Any]]:
+    """The adapter folder and weights hash of every planned variant that has one."""
+    adapters: dict[str, dict[str, Any]] = {}
     for entry in plan.entries:
         bot = runtime.bot(entry.variant)
         path = getattr(bot, "adapter_path", None)
         if bot.adapter and path and entry.variant not in adapters:
             weights = Path(path) / "adapter_model.safetensors"
             adapters[entry.variant] = {"path": _relative(Path(path)), "sha256": file_sha256(weights) if weights.is_file() else None}
+    return adapters
+
+
+def build_meta(runtime: Runtime, config: EvalConfig, plan: Plan, cases: dict[str, DomainCases]) -> dict[str, Any]:
+    """Where the numbers come from: base, adapters, data, machine, settings (results.json 'meta')."""
+    adapters = adapters_of(runtime, plan)
     data = {_relative(path): file_sha256(path) for domain in cases.values() for path in domain.files}
     base = runtime.backbone.base
     split_note = (
@@ -619,28 +667,41 @@ def run_evaluation(runtime: Runtime, config: EvalConfig) -> dict[str, Any]:
         cases[VARIANTS[variant].domain].total + (len(cases[VARIANTS[variant].domain].sources.get(TEST_SOURCE, [])) if scoring[variant] else 0)
         for variant in by_variant
     )
+    serving = serving_fingerprint(runtime.backbone.base.fingerprint, runtime.backbone.backend, asdict(settings))
+    previous = load_previous(config.reuse, serving) if config.reuse else None
+    if previous and previous.refused:
+        print(f"--reuse: {previous.refused}", file=sys.stderr)
+    adapter_shas = {name: row["sha256"] for name, row in adapters_of(runtime, plan).items()}
     records: dict[str, list[ReplyRecord]] = {}
     progress = Progress(total, config.progress)
     try:
         for variant, entries in by_variant.items():
             bot = runtime.bot(variant)
             domain_cases = cases[bot.spec.domain]
-            # The guard does not change the model: reference perplexity is scored once per variant.
-            nll: dict[str, tuple[float, int]] = {}
-            if scoring[variant]:
-                progress.describe(f"{variant}: perplexity")
-                nll = reference_scores(bot, domain_cases.sources.get(TEST_SOURCE, []), progress)
             progress.describe(variant)
             flat = [case for source_cases in domain_cases.sources.values() for case in source_cases]
-            for name, entry_records in run_variant(bot, entries, flat, settings, progress, parallel).items():
-                for record in entry_records:
-                    if record.source == TEST_SOURCE and record.case_id in nll:
-                        record.reference_nll, record.reference_tokens = nll[record.case_id]
-                records[name] = entry_records
+            variant_records = run_variant(bot, entries, flat, settings, progress, parallel, previous, adapter_shas.get(variant))
+            # The guard does not change the model: reference perplexity is scored once per variant,
+            # for the dialogs whose model-alone reply was generated here (a taken one keeps its own).
+            if scoring[variant]:
+                alone = next((e.name for e in entries if not e.guard), entries[0].name)
+                taken = {r.case_id: (r.reference_nll, r.reference_tokens) for r in variant_records[alone] if r.reused and r.source == TEST_SOURCE}
+                progress.describe(f"{variant}: perplexity")
+                todo = [c for c in domain_cases.sources.get(TEST_SOURCE, []) if c.case_id not in taken]
+                progress.advance(len(domain_cases.sources.get(TEST_SOURCE, [])) - len(todo))
+                nll = {**{k: v for k, v in taken.items() if v[0] is not None}, **reference_scores(bot, todo, progress)}
+                for entry_records in variant_records.values():
+                    for record in entry_records:
+                        if record.source == TEST_SOURCE and record.case_id in nll:
+                            record.reference_nll, record.reference_tokens = nll[record.case_id]
+            records.update(variant_records)
     finally:
         progress.close()
     duration = round(time.perf_counter() - started, 1)
-    common = {"parallel": parallel, "perplexity": perplexity_source(runtime, any(scoring.values()))}
+    reused = {name: sum(1 for r in entry_records if r.reused) for name, entry_records in records.items()}
+    common: dict[str, Any] = {"parallel": parallel, "perplexity": perplexity_source(runtime, any(scoring.values())), "serving": serving}
+    if previous:
+        common["reuse"] = {"from": _relative(previous.folder), "date": previous.date, "refused": previous.refused or None, "replies": reused}
     if config.split != "all":
         return finish(runtime, config, plan, cases, records, config.split, config.out_dir, {**common, "duration_s": duration})
     # One run, two reports: the test split (reported) in out_dir, the dev split (for choosing) in out_dir/dev.
@@ -651,8 +712,7 @@ def run_evaluation(runtime: Runtime, config: EvalConfig) -> dict[str, Any]:
     return finish(runtime, config, plan, cases, records, "test", config.out_dir, {**shared, "companion": test_note})
 
 
-DEV_FOLDER = "dev"
-"""Where a ``--split all`` run writes its dev-split report (the test split's goes to ``--out``)."""
+# DEV_FOLDER (training/eval_reuse.py): where a ``--split all`` run writes its dev-split report (the test split's goes to ``--out``).
 
 
 def split_of(case: EvalCase) -> str:
@@ -741,6 +801,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="compute threads (default: 1 for transformers, robust on a shared CPU; all cores for llama.cpp; 0: the backend's default)")
     parser.add_argument("--sources", default=None, help="comma-separated sources only (test, facts, support, emergencies, ordinary, out_of_scope, injection); default: all")
     parser.add_argument("--resamples", type=int, default=stats.DEFAULT_RESAMPLES, help="bootstrap resamples (default: %(default)s)")
+    parser.add_argument("--reuse", type=Path, default=None, help="an earlier run's report folder: take its replies where nothing they depend on changed (training/eval_reuse.py)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -762,8 +823,10 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         parser.error(f"unknown source(s) {', '.join(sorted(set(sources) - known)) or '(none given)'}; choose from {', '.join(sorted(known))}")
     config = EvalConfig(
         variants, args.limit, args.out, not args.no_guard, args.max_new_tokens, args.data_dir, args.probes_dir, not args.no_progress,
-        args.split, args.parallel, args.resamples, sources,
+        args.split, args.parallel, args.resamples, sources, args.reuse,
     )  # fmt: skip
+    if args.reuse is not None and not (args.reuse / "results.json").is_file():
+        parser.error(f"--reuse {args.reuse}: no results.json there (a report folder of training.evaluate)")
     try:
         config.settings()
     except ValueError as exc:

@@ -1,0 +1,102 @@
+"""Replies of an earlier evaluation run that a new run may take instead of generating them again.
+
+    python -m training.evaluate --split test --reuse training/reports    # only what changed is generated
+
+A full report takes hours on 2 cores, and most of it does not change when one variant does
+(a new adapter, an edited prompt). With ``--reuse DIR`` the run reads the replies of an
+earlier run (``DIR/replies.jsonl``, and ``DIR/dev/replies.jsonl`` of a ``--split all`` run)
+and takes a reply instead of generating it only when all of this holds:
+
+- the run serves the same way: the base model's fingerprint, the backend, the llama.cpp
+  version, the generation settings, the safety rules and the detector weights are the same
+  (``serving_fingerprint``); otherwise nothing is taken, and the run says why;
+- the reply's own fingerprint is the same (``reply_fingerprint``): the entry, the case's
+  question, the exact messages the bot would send for it (system prompt, retrieved facts
+  and examples, conversation) and the adapter's weights.
+
+Everything taken is scored again with today's checks, so an edited probe pattern counts.
+What the fingerprints cannot see is a change to the generation code itself: after one, run
+without ``--reuse``. No command of its own; ``training.evaluate`` uses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bots.base_source import file_sha256
+from bots.bot import Bot
+from bots.detector import DETECTOR_FILE
+from bots.safety import RULES_FILE
+
+DEV_FOLDER = "dev"
+
+
+def _llama_version() -> str | None:
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    return str(getattr(llama_cpp, "__version__", "unknown"))
+
+
+def serving_fingerprint(base_fingerprint: str, backend: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """What every reply of a run depends on, apart from its variant and case."""
+    return {
+        "base": base_fingerprint,
+        "backend": backend,
+        "llama_cpp": _llama_version() if backend == "llamacpp" else None,
+        "settings": dict(settings),
+        "safety_rules": file_sha256(RULES_FILE),
+        "detector": file_sha256(DETECTOR_FILE) if DETECTOR_FILE.is_file() else None,
+    }
+
+
+def reply_fingerprint(bot: Bot, entry: str, conversation: list[dict[str, str]], adapter_sha: str | None) -> str:
+    """The entry, the exact messages the bot sends for this conversation, and its adapter's weights."""
+    messages = bot.render(list(conversation))
+    payload = json.dumps({"entry": entry, "messages": messages, "adapter": adapter_sha}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:24]
+
+
+@dataclass
+class Previous:
+    """An earlier run's replies, by (entry, source, case id), when it served as this run does."""
+
+    folder: Path
+    date: str = ""
+    records: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    refused: str = ""
+    """Why nothing can be taken (empty when the run is compatible)."""
+
+    def take(self, entry: str, source: str, case_id: str, fingerprint: str) -> dict[str, Any] | None:
+        """The earlier reply to this case by this entry, if its fingerprint is the same."""
+        row = self.records.get((entry, source, case_id))
+        return row if row is not None and row.get("fingerprint") == fingerprint else None
+
+
+def load_previous(folder: Path, serving: Mapping[str, Any]) -> Previous:
+    """Read an earlier run's report folder; ``refused`` says why none of it may be taken."""
+    previous = Previous(folder)
+    results = folder / "results.json"
+    if not results.is_file():
+        raise FileNotFoundError(f"--reuse {folder}: no results.json there (a report folder of training.evaluate)")
+    meta = json.loads(results.read_text(encoding="utf-8")).get("meta", {})
+    previous.date = str(meta.get("date", ""))
+    theirs = meta.get("serving")
+    if theirs != dict(serving):
+        differs = sorted(k for k in serving if not isinstance(theirs, dict) or theirs.get(k) != serving[k])
+        previous.refused = f"the run in {folder} served differently ({', '.join(differs) or 'no serving fingerprint'}): nothing is reused"
+        return previous
+    for path in (folder / "replies.jsonl", folder / DEV_FOLDER / "replies.jsonl"):
+        if not path.is_file():
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                previous.records[(row["entry"], row["source"], row["case_id"])] = row
+    return previous
