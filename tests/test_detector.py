@@ -149,7 +149,7 @@ def test_side_by_side_report_counts_each_part(trained: tuple[Backbone, DetectorM
     assert report.false_alarms("combined").n == len(ROUTINE)
 
 
-@pytest.mark.parametrize("name", ["tiers_train", "tiers_dev", "tiers_test"])
+@pytest.mark.parametrize("name", ["tiers_train", "tiers_dev", "tiers_test", "tiers_fresh"])
 def test_shipped_tier_sets_parse_and_cover_every_tier(name: str) -> None:
     from bots.safety_eval import SAFETY_EVAL_DIR
 
@@ -162,5 +162,6 @@ def test_shipped_tier_sets_parse_and_cover_every_tier(name: str) -> None:
 def test_tier_sets_do_not_overlap() -> None:
     from bots.safety_eval import SAFETY_EVAL_DIR
 
-    texts = {name: {" ".join(m.text.lower().split()) for m in load_tiered(SAFETY_EVAL_DIR / f"{name}.jsonl")} for name in ("tiers_train", "tiers_dev", "tiers_test")}
-    assert not texts["tiers_train"] & texts["tiers_dev"] and not texts["tiers_train"] & texts["tiers_test"] and not texts["tiers_dev"] & texts["tiers_test"]
+    names = ("tiers_train", "tiers_dev", "tiers_test", "tiers_fresh")
+    texts = {name: {" ".join(m.text.lower().split()) for m in load_tiered(SAFETY_EVAL_DIR / f"{name}.jsonl")} for name in names}
+    assert all(not texts[a] & texts[b] for i, a in enumerate(names) for b in names[i + 1 :])

@@ -1,13 +1,14 @@
 """Measure the emergency guard: rules, learned detector and the two combined, side by side.
 
     python -m bots.safety_eval                          # tiers_test + the medical probes (loads the base model)
-    python -m bots.safety_eval --set tiers_dev           # another tiered set (tiers_train, tiers_dev, tiers_test, probes)
+    python -m bots.safety_eval --set tiers_dev           # another tiered set (tiers_train, tiers_dev, tiers_test, tiers_fresh, probes)
     python -m bots.safety_eval --rules-only              # no model: the rules alone
     python -m bots.safety_eval --file emergency_fresh2.jsonl   # the older binary sets, rules only
 
 Every rate comes with its 95% Wilson interval. ``tiers_test.jsonl`` and the probes were
 written before the detector was trained or its thresholds chosen (on tiers_dev): report
-them, never tune on them. The labelling policy is in bots/safety_eval/README.md.
+them, never tune on them. ``tiers_fresh.jsonl`` was written later, after the detector v1, as a
+further held-out check (README: its first look). The labelling policy is in bots/safety_eval/README.md.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from bots.safety_eval import SAFETY_EVAL_DIR, EvalResult, TieredMessage, evaluat
 from bots.safety_eval.tiered import PARTS, GuardReport, Rate, evaluate_guard
 from training.stats import wilson_interval  # a command, not the library: it may use the evaluation's statistics
 
-TIERED_SETS = ("tiers_train", "tiers_dev", "tiers_test")
+TIERED_SETS = ("tiers_train", "tiers_dev", "tiers_test", "tiers_fresh")
 DEFAULT_SETS = ("tiers_test", "probes")
 PROBES_DIR = SAFETY_EVAL_DIR.parent.parent / "training" / "probes"
 
