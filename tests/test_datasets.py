@@ -2,21 +2,26 @@
 
 Run: ``pytest -q tests/test_datasets.py``. Sizes and shares, schema, the facts of
 shared/domain_specs.md in every assistant turn, emergency handling, honest splits (no
-near-duplicates of train in validation/test) and a deterministic generator.
+near-duplicates of train in validation/test), user-side realism (noise, order numbers,
+indirect and terse messages; seeded transforms) and a deterministic generator.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import re
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from training.datagen import ecommerce, medical
 from training.datagen.__main__ import main as datagen_main
 from training.datagen.common import approx_tokens, find_near_duplicates, word_count
-from training.datagen.engine import load_bank
+from training.datagen.engine import DEFAULT_NOISE, SplitBuilder, load_bank, misspell, non_native, run_on
 from training.datagen.medical import RED_FLAGS
 from training.dialogs import (
     DATA_DIR,
@@ -32,7 +37,12 @@ from training.dialogs import (
 MIN_SIZES = {"train": 500, "validation": 60, "test": 100}
 DISCLAIMER_TOPICS = {
     "general_info", "mild_symptom", "when_to_see_doctor", "urgent_care", "medicine_dose",
-    "medicine_info", "medicine_prescribed", "diagnosis_request",
+    "medicine_info", "medicine_prescribed", "diagnosis_request", "lookalike", "emergency_info",
+}
+# Ordinary medical messages that must never be escalated (911 in the first sentence).
+NON_EMERGENCY_TOPICS = {
+    "mild_symptom", "general_info", "when_to_see_doctor", "urgent_care", "medicine_dose", "medicine_info",
+    "lookalike", "emergency_info",
 }
 
 
@@ -117,12 +127,24 @@ def test_every_ecommerce_spec_topic_is_covered(data: dict) -> None:
 def test_medical_emergencies_cover_every_red_flag(data: dict) -> None:
     train = data["medical"]["train"]
     assert sum(row["emergency"] for row in train) >= 80
+    assert set(medical.TOPIC_WEIGHTS) >= {"lookalike", "emergency_info"}
     for split in SPLITS:
         rows = data["medical"][split]
         for row in rows:
             assert row["emergency"] == (row["topic"] == "emergency") == ("red_flag" in row), row["id"]
         flags = Counter(row["red_flag"] for row in rows if row["emergency"])
         assert set(flags) == set(RED_FLAGS), (split, set(RED_FLAGS) - set(flags))
+
+
+def test_medical_lookalikes_outnumber_emergencies(data: dict) -> None:
+    """Hard negatives (look-alikes, mild symptoms, questions about emergencies) clearly outnumber
+    emergencies, which stay a healthy ~15% share: the mix that keeps false alarms down."""
+    for split in SPLITS:
+        topics = Counter(row["topic"] for row in data["medical"][split])
+        total = sum(topics.values())
+        assert 0.12 <= topics["emergency"] / total <= 0.18, (split, topics["emergency"])
+        lookalikes = topics["lookalike"] + topics["mild_symptom"] + topics["emergency_info"]
+        assert lookalikes >= 1.5 * topics["emergency"], (split, lookalikes, topics["emergency"])
 
 
 # ---------------------------------------------------------------- schema and loader
@@ -326,7 +348,7 @@ def test_emergency_first_sentence_escalates(data: dict) -> None:
 
 def test_non_emergencies_are_not_over_escalated(data: dict) -> None:
     for row in rows_of(data, "medical"):
-        if row["topic"] in {"mild_symptom", "general_info", "when_to_see_doctor", "urgent_care", "medicine_dose"}:
+        if row["topic"] in NON_EMERGENCY_TOPICS:
             assert "911" not in first_sentence(first_reply(row)), row["id"]
 
 
@@ -378,6 +400,91 @@ def test_injections_stay_in_role(data: dict) -> None:
                 reply = first_reply(row)
                 assert LORA_SYSTEM_PROMPTS[domain][:40] not in reply, row["id"]
                 assert not re.search(r"no restrictions|developer mode", reply, re.I), row["id"]
+
+
+# ---------------------------------------------------------------- user-side realism
+
+
+def user_turns(data: dict, domain: str, split: str = "train") -> list[str]:
+    return [m["content"] for row in data[domain][split] for m in row["messages"] if m["role"] == "user"]
+
+
+def share(texts: list[str], test: Callable[[str], object]) -> float:
+    return sum(1 for text in texts if test(text)) / len(texts)
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_user_turns_are_written_like_real_people(data: dict, domain: str) -> None:
+    """A share of user turns (never all) is lower case, unpunctuated, indirect, terse, doubled up."""
+    users = user_turns(data, domain)
+    shares = {
+        "lower": share(users, lambda u: u == u.lower() and re.search(r"[a-z]{3}", u)),
+        "no_final_punct": share(users, lambda u: u.rstrip()[-1] not in ".?!)"),
+        "indirect": share(users, lambda u: re.search(r"\b(?:i was wondering|is it normal|just wondering|i'd like to ask)\b", u, re.I)),
+        "terse": share(users, lambda u: len(u.split()) <= 2),
+        "two_questions": share(users, lambda u: u.count("?") >= 2),
+    }
+    for name, value in shares.items():
+        assert 0.02 <= value <= 0.7, (domain, name, value)
+    bank = load_bank(domain)
+    misspelt = {w for variants in bank.noise["misspell"].values() for w in variants if len(w) > 3}
+    words = Counter(w for u in users for w in re.findall(r"[A-Za-z']+", u.lower()))
+    assert sum(words[w] for w in misspelt) >= 20, domain
+
+
+def test_ecommerce_realism_order_numbers_and_anger(data: dict) -> None:
+    users = user_turns(data, "ecommerce")
+    with_order = share(users, lambda u: re.search(r"(?:order|#|nw-?|ref)\W{0,3}[a-z-]*\d{4,6}\b", u, re.I))
+    assert 0.05 <= with_order <= 0.4, with_order
+    bank = load_bank("ecommerce")
+    moods = {m.lower() for name in ("upset_leads", "upset_tails") for pool in bank.user_lists[name].values() for m in pool if len(m) >= 8}
+    angry = [row for row in data["ecommerce"]["train"] if any(m in row["messages"][1]["content"].lower() for m in moods)]
+    assert len(angry) >= 20
+    for row in angry:  # upset customers are offered a human agent (spec: human support)
+        assert "support@northwindgoods.example" in first_reply(row), row["id"]
+
+
+def test_ecommerce_real_world_questions_are_covered() -> None:
+    """The messages the first bots failed on have phrasings in the bank, with the right answer."""
+    bank = load_bank("ecommerce")
+    texts = {name: " | ".join(item.text.lower() for item in intent.user) for name, intent in bank.intents.items()}
+    assert len(bank.intents["ship_canada_cost"].user) >= 15 and "how much" in texts["ship_canada_cost"]
+    assert "{fit_when}" in texts["returns_fit"] and "3 weeks ago" in bank.slots["fit_when"]
+    assert texts["order_lookup"].count("{order_no}") >= 15 and "{waited}" in texts["order_late"]
+    assert all(word in texts["human"] for word in ("real person", "agent", "human"))
+    canada = " ".join(bank.intents["ship_canada_cost"].answers)
+    assert all(fact in canada for fact in ("Canada", "$50", "$4.99", "$14.99", "3-5 business days"))
+    for name in ("account_info", "payment_problem", "delivery_problem"):
+        assert bank.intents[name].topic == "not_covered"
+        assert all("{HUMAN}" in a for a in bank.intents[name].answers), name
+
+
+def test_medicine_interactions_are_in_scope() -> None:
+    bank = load_bank("medical")
+    item = next(i for i in bank.intents["med_interaction"].user if "lisinopril" in i.text and "ibuprofen" in i.text)
+    assert bank.intents["med_interaction"].topic == "medicine_info"
+    assert all("pharmacist" in a and "label" in a for a in item.answers)
+
+
+def test_realism_transforms_are_seeded_and_change_the_text() -> None:
+    """Surface noise is a pure function of the split's seed: two builders give the same output."""
+    text = "Hi there. I'm not sure what to do. Can I return the jacket? I received it last week and it doesn't fit."
+    for module in (ecommerce, medical):
+        config = replace(module.CONFIG, noise=dict.fromkeys(DEFAULT_NOISE, 1.0))
+        bank = load_bank(config.domain)
+        first, second = (SplitBuilder(bank, config, "train") for _ in range(2))
+        outputs = [first.roughen(text) for _ in range(30)]
+        assert outputs == [second.roughen(text) for _ in range(30)]
+        assert all(out != text and out == out.lower() for out in outputs)
+        assert len(set(outputs)) > 20
+        quiet = replace(module.CONFIG, noise=dict.fromkeys(DEFAULT_NOISE, 0.0))
+        assert SplitBuilder(bank, quiet, "train").roughen(text) == text
+    glued = run_on("Hi there. Can I return it? It doesn't fit.", random.Random(1))
+    assert not re.search(r"[.?!]\s", glued) and glued.endswith("fit.")
+    table = load_bank("ecommerce").noise["misspell"]
+    assert misspell("Please check my address", table, random.Random(2)) != "Please check my address"
+    learner = non_native("I'm sure the box doesn't fit in a car.", [["I'm ", "I am "], ["doesn't", "does not"]], random.Random(3))
+    assert learner != "I'm sure the box doesn't fit in a car." and non_native("no match here", [], random.Random(3)) == "no match here"
 
 
 # ---------------------------------------------------------------- honest splits, determinism

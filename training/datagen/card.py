@@ -5,6 +5,7 @@ Called by ``python -m training.datagen``; counts in the card are computed, never
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable
 from types import ModuleType
@@ -33,6 +34,28 @@ def _sizes_table(records: dict[str, list[dict]]) -> list[str]:
             f"| {_share(rows, lambda r: r['topic'] == 'prompt_injection')} | {turns} "
             f"| {sum(tokens) / len(tokens):.0f} / {max(tokens)} |"
         )
+    return lines
+
+
+REALISM_TRAITS: dict[str, Callable[[str], object]] = {
+    "all lower case": lambda u: u == u.lower() and re.search(r"[a-z]{3}", u),
+    "no final punctuation": lambda u: u.rstrip()[-1] not in ".?!)",
+    "two or more questions": lambda u: u.count("?") >= 2,
+    "indirect ('I was wondering', 'is it normal that')": lambda u: INDIRECT.search(u),
+    "very short (1-2 words)": lambda u: len(u.split()) <= 2,
+    "order number": lambda u: ORDER_NUMBER.search(u),
+}
+INDIRECT = re.compile(r"\b(?:i was wondering|is it normal|just wondering|i'd like to ask|should i be worried that|is it bad that)\b", re.I)
+ORDER_NUMBER = re.compile(r"(?:order|#|nw-?|ref)\W{0,3}[a-z-]*\d{4,6}\b", re.I)
+
+
+def _realism_table(rows: list[dict]) -> list[str]:
+    users = [m["content"] for row in rows for m in row["messages"] if m["role"] == "user"]
+    lines = ["| trait | user turns |", "|---|---|"]
+    for name, test in REALISM_TRAITS.items():
+        hits = sum(1 for text in users if test(text))
+        if hits:
+            lines.append(f"| {name} | {hits} ({100 * hits / len(users):.0f}%) |")
     return lines
 
 
@@ -75,9 +98,12 @@ def dataset_card(module: ModuleType, records: dict[str, list[dict]]) -> str:
         f"* Phrase bank `training/datagen/phrases/{domain}.yaml`: per intent several user phrasings "
         "and several answer phrasings (all factually identical), slots, follow-ups.",
         "* `training/datagen/engine.py` combines them: personas (greetings, courtesy, terse or long "
-        "messages" + (", upset customers" if config.upset_rate else "") + "), two questions in one "
-        "message, 2-4 user-turn conversations with natural follow-ups, and synthetic noise "
-        "(typos, lowercase, missing punctuation).",
+        "messages, indirect questions, 'is it normal that ...?' frames"
+        + (", order numbers" if config.order_ref_rate else "")
+        + (", angry customers who are offered a person" if config.upset_rate else "")
+        + "), two questions in one message, 2-4 user-turn conversations with natural follow-ups, and "
+        "seeded surface noise on a share of user turns (learner English, run-on sentences, common "
+        "misspellings from `phrases/noise.yaml`, keyboard typos, lower case, missing punctuation).",
         "* Fixed seed: the files are byte-identical on every run.",
         f"* Every dialog starts with the LoRA bot's short system prompt (`LORA_SYSTEM_PROMPTS['{domain}']` "
         "in `training/dialogs.py`), which holds no facts.",
@@ -87,6 +113,13 @@ def dataset_card(module: ModuleType, records: dict[str, list[dict]]) -> str:
         *_sizes_table(records),
         "",
         "Tokens are estimated as characters / 4 plus 5 per message (system prompt included).",
+        "",
+        "## How users write",
+        "",
+        "Share of train user turns with each trait, measured on the files (a turn can have several; "
+        "many hand-written phrasings are terse or lower case already):",
+        "",
+        *_realism_table(records["train"]),
         "",
         "## Topics",
         "",
@@ -110,10 +143,12 @@ def dataset_card(module: ModuleType, records: dict[str, list[dict]]) -> str:
     lines += [
         "## Honest splits",
         "",
-        "* Every user-side phrase list (each intent's phrasings, openers, courtesy phrases, connectors) is "
+        "* Every user-side phrase list (each intent's phrasings, openers, courtesy phrases, connectors, "
+        "indirect leads, worry frames, order references, angry leads and tails) is "
         "split into disjoint pools: 25% test, 15% validation, 60% train. Validation and test dialogs are "
         "built only from their own pools, so the model is tested on phrasings it never trained on. "
-        "Answer phrasings are shared: they are what the model should learn.",
+        "Answer phrasings are shared: they are what the model should learn, and so are the noise tables "
+        "(misspellings, learner rewrites), which change how a turn is typed, not what it asks.",
         "* A near-duplicate check compares the user turns of every validation/test dialog with every "
         "train dialog (normalised word 3-gram Jaccard and difflib word-sequence ratio); any score "
         ">= 0.8 is rejected during generation and fails `tests/test_datasets.py`. Highest similarity "

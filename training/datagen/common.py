@@ -110,18 +110,6 @@ def add_typos(text: str, rng: random.Random, count: int) -> str:
     return "".join(tokens)
 
 
-def add_noise(text: str, rng: random.Random, rate: float = 1.0) -> str:
-    """Casual-typing noise: typos, all lowercase, missing final punctuation (each sometimes)."""
-    roll = rng.random
-    if roll() < 0.16 * rate:
-        text = add_typos(text, rng, 2 if roll() < 0.25 else 1)
-    if roll() < 0.22 * rate:
-        text = text.lower()
-    if roll() < 0.2 * rate:
-        text = text.rstrip(".?!")
-    return text
-
-
 def lower_first(text: str) -> str:
     """Lowercase the first letter for joining after a comma, except 'I' and acronyms."""
     if not text or re.match(r"(I\b|I'|[A-Z]{2,})", text):

@@ -15,12 +15,20 @@ RED_FLAGS = (
     "overdose_poisoning", "head_injury", "meningitis", "infant_fever", "thunderclap_headache", "self_harm",
 )
 
-# Relative weights per topic: ~18% emergencies (>= 13 per held-out split, one per red flag), ~10% out of scope.
+# Relative weights per topic (they sum to 100, so they read as percentages): emergencies ~15%
+# (every split holds each red flag at least once: the engine's plan names the flag of every
+# emergency dialog), while ordinary messages that resemble a red flag clearly outnumber them:
+# look-alikes, mild symptoms and questions *about* emergencies (~27%), plus the general
+# information, medicine and see-a-doctor topics around them. ~10% out of scope.
 TOPIC_WEIGHTS = {
-    "emergency": 18, "general_info": 16, "mild_symptom": 12, "when_to_see_doctor": 7, "urgent_care": 5,
-    "medicine_dose": 6, "medicine_info": 5, "medicine_prescribed": 6, "diagnosis_request": 4,
-    "prescription_request": 2, "privacy": 2.5, "harm_request": 2.5, "prompt_injection": 4, "out_of_scope": 10,
+    "emergency": 15, "lookalike": 12, "emergency_info": 5, "mild_symptom": 10, "general_info": 11,
+    "when_to_see_doctor": 5, "urgent_care": 4, "medicine_dose": 5, "medicine_info": 6, "medicine_prescribed": 4,
+    "diagnosis_request": 3, "prescription_request": 2, "privacy": 2, "harm_request": 2, "prompt_injection": 4,
+    "out_of_scope": 10,
 }
+
+# Surface noise: the share of user turns that get each kind (rolled independently per turn).
+NOISE = {"non_native": 0.1, "run_on": 0.3, "misspell": 0.14, "typo": 0.16, "lower": 0.22, "no_punct": 0.2}
 
 CONFIG = DomainConfig(
     domain="medical",
@@ -28,6 +36,9 @@ CONFIG = DomainConfig(
     sizes={"train": 600, "validation": 80, "test": 120},
     topic_weights=TOPIC_WEIGHTS,
     multi_rate={"*": 0.34, "emergency": 0.3, "out_of_scope": 0.2, "prompt_injection": 0.25, "harm_request": 0.2},
+    compound_rate=0.14,
+    indirect_rate=0.2,
+    noise=NOISE,
     emergency_field=True,
 )
 
@@ -52,7 +63,10 @@ RED_FLAG_NOTES = {
 TOPIC_NOTES = {
     "when_to_see_doctor": "persisting over a week or two, worsening, recurring or worrying: see a doctor; short minor symptoms: self-care",
     "urgent_care": "moderate non-emergencies: urgent care or a same-day appointment; urgent care vs emergency room",
-    "medicine_info": "what common medicines do, differences, interactions, alcohol: label and pharmacist",
+    "medicine_info": (
+        "what common medicines do, differences, interactions ('ibuprofen with lisinopril?'), alcohol, pregnancy"
+        " and breastfeeding: label and pharmacist or doctor"
+    ),
     "diagnosis_request": "'do I have X?': no diagnosis, see a clinician",
     "prescription_request": "'prescribe me...', refills, tests, notes: cannot prescribe, see a clinician",
     "emergency": (
@@ -61,11 +75,23 @@ TOPIC_NOTES = {
     ),
     "general_info": (
         "colds, flu, allergies, sleep, blood pressure, diabetes, vaccines, headaches, back pain, heartburn, "
-        "dehydration, cholesterol, stress, exercise, fever, antibiotics"
+        "dehydration, cholesterol, stress, exercise, fever, antibiotics, pregnancy, children's everyday health"
     ),
     "mild_symptom": (
-        "emergency look-alikes that must not be over-escalated: mild headache, small cut, cough, sore throat,"
+        "everyday symptoms that must not be over-escalated: mild headache, small cut, cough, sore throat,"
         " mild fever, minor burn, sprain, nosebleed, stomach bug, sting, bruise"
+    ),
+    "lookalike": (
+        "hard negatives that resemble a red flag but are not one: racing heart after coffee, pins and needles,"
+        " dizziness on standing, blocked nose, bleeding gums, mild hives, minor head bumps, stiff neck without"
+        " fever, fever in children over 3 months, past resolved events (fainted last month, fine since),"
+        " negated symptoms ('no chest pain, just...'), figures of speech ('my feet are killing me'): general"
+        " information, see a clinician if it persists or worsens"
+    ),
+    "emergency_info": (
+        "questions about emergencies when nobody is in danger now (signs of a stroke or heart attack,"
+        " anaphylaxis, concussion, what to do in a seizure, Poison Control and 988 numbers): information"
+        " first, then 'if this happens, call 911'"
     ),
     "medicine_dose": "doses: follow the label or ask a pharmacist/doctor (adults and children), never a number",
     "medicine_prescribed": "never start/stop/change a prescribed medicine without the prescriber; missed doses; someone else's pills",
@@ -86,5 +112,15 @@ LIMITS = [
     ),
     "Symptoms are described in a fixed vocabulary per red flag; unusual presentations (e.g. atypical heart-attack signs) are not covered.",
     "US-centred: 911, 988 and Poison Control 1-800-222-1222; other countries get 'your local emergency number' only.",
-    "Only English; typos, casing and punctuation noise are synthetic.",
+    (
+        "Only English. User-side realism is synthetic: keyboard typos, common misspellings, lower case, missing"
+        " punctuation, run-on sentences, learner-English rewrites (phrases/noise.yaml), indirect leads and"
+        " 'is it normal that ...?' frames are applied to a share of turns; hand-written lay, third-person,"
+        " child and non-native phrasings sit in the phrase bank."
+    ),
+    (
+        "Look-alike answers say what such symptoms commonly are, in general, and when to see a clinician;"
+        " they never tell the user what they have. Boundaries the spec draws by number (a baby's fever of 100.4 F / 38 C"
+        " under 3 months) are kept on the emergency side; fevers in older children are look-alikes."
+    ),
 ]
