@@ -34,12 +34,14 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import domains
 from bots.base_source import BaseModelSpec, embedded_gguf_path
 from bots.cli_args import CommandParser
 from bots.generation import GenerationSettings, GenerationStats
 
 PROBES_DIR = Path(__file__).resolve().parent.parent / "training" / "probes"
-PROBE_FILES = {"ecommerce": "ecommerce_facts.jsonl", "medical": "medical_ordinary.jsonl"}
+PROBE_FILES = {name: domains.pack(name).probe(domains.pack(name).bench_probe_source).file for name in domains.names()}
+"""The probe file whose questions time each domain (its pack's ``bench_probe_source``)."""
 TARGETS = {"render_ms": 20.0, "decode_vs_llamacpp": 0.8, "warm_start_s": 3.0, "memory_ratio": 1.3, "compare_ratio": 2.0, "agreement": 0.9}
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+import domains
+
 DEFAULT_CONFIG_FILE = Path(__file__).resolve().with_name("remote_engine.yaml")
 ENV_URL = "TOP_ENGINE_URL"
 ENV_API_KEY = "TOP_ENGINE_API_KEY"
@@ -32,7 +34,7 @@ class EngineNames:
     """Engine model names: the bare base, and each of our adapters (by domain)."""
 
     base: str = "smollm2-135m-instruct"
-    adapters: dict[str, str] = field(default_factory=lambda: {"ecommerce": "ecommerce", "medical": "medical"})
+    adapters: dict[str, str] = field(default_factory=lambda: {name: name for name in domains.names()})
 
     def model_for(self, adapter: str | None) -> str:
         """The engine model a request with this adapter (None: the bare base) goes to."""

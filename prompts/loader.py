@@ -23,6 +23,7 @@ import yaml
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.prompts import ChatPromptTemplate, FewShotChatMessagePromptTemplate, MessagesPlaceholder
 
+import domains
 from prompts.bm25 import BM25ExampleSelector, BM25Index, RetrievalSettings
 
 PROMPTS_DIR = Path(__file__).resolve().parent
@@ -102,7 +103,7 @@ class PromptSpec:
 
 
 def available_domains() -> list[str]:
-    return sorted(path.stem for path in PROMPTS_DIR.glob("*.yaml"))  # retrieval pools live in retrieval/, not here
+    return list(domains.names())  # the one list: the domain packs (domains/<name>/pack.yaml)
 
 
 def _require_text(raw: dict, key: str, path: Path) -> str:
@@ -189,7 +190,11 @@ def load_prompt_file(path: Path) -> PromptSpec:
 
 @cache
 def load_prompt_spec(domain: str) -> PromptSpec:
-    path = PROMPTS_DIR / f"{domain}.yaml"
+    """The prompt file its domain pack names."""
+    try:
+        path = domains.pack(domain).file("prompt")
+    except domains.PackError as exc:
+        raise PromptFileError(str(exc)) from None
     if not path.is_file():
         raise PromptFileError(f"no prompt file for domain '{domain}' (expected {path}); known: {', '.join(available_domains())}")
     return load_prompt_file(path)

@@ -20,7 +20,7 @@ from pathlib import Path
 from bots.cli_args import CommandParser
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("benchmarks", "bots", "prompts", "training", "webui")
+PACKAGES = ("benchmarks", "bots", "domains", "prompts", "training", "webui")
 DATA_SUFFIXES = {".yaml", ".json", ".jsonl", ".safetensors", ".png", ".md"}
 ENTRY_POINTS = ("tune-or-prompt = bots.cli:main", "tune-or-prompt-ui = ui:main")
 # Run inside the installed copy: the prompt files and the adapters load from there.

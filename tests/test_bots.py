@@ -27,21 +27,36 @@ def test_registry_holds_every_domain_with_every_method() -> None:
     assert HEADLINE_VARIANTS == ("ecommerce-lora", "ecommerce-prompt", "medical-lora", "medical-prompt")
 
 
-def test_variants_are_generated_from_the_domain_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_variants_are_generated_from_the_domain_packs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import domains
     import prompts.loader as loader
 
-    source = (loader.PROMPTS_DIR / "ecommerce.yaml").read_text()
-    (tmp_path / "garden.yaml").write_text(source.replace("domain: ecommerce", "domain: garden").replace("label: E-commerce", "label: Garden"))
-    (tmp_path / "retrieval").mkdir()
-    (tmp_path / "retrieval" / "garden.yaml").write_text((loader.RETRIEVAL_DIR / "ecommerce.yaml").read_text())
-    monkeypatch.setattr(loader, "PROMPTS_DIR", tmp_path)
+    # A third domain is a folder with a pack and the files it names: no code changes.
+    shipped = domains.pack("ecommerce")
+    for name in ("ecommerce", "medical"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "pack.yaml").write_text((domains.PACKS_DIR / name / "pack.yaml").read_text().replace("../../", f"{domains.PACKS_DIR.parent}/"))
+    garden = tmp_path / "garden"
+    garden.mkdir()
+    source = shipped.file("prompt").read_text()
+    (garden / "prompt.yaml").write_text(source.replace("domain: ecommerce", "domain: garden").replace("label: E-commerce", "label: Garden"))
+    (garden / "retrieval").mkdir()  # the prompt file's retrieval pool: retrieval/<domain>.yaml beside it
+    (garden / "retrieval" / "garden.yaml").write_text((loader.RETRIEVAL_DIR / "ecommerce.yaml").read_text())
+    pack = (domains.PACKS_DIR / "ecommerce" / "pack.yaml").read_text().replace("name: ecommerce", "name: garden")
+    (garden / "pack.yaml").write_text(pack.replace("../../prompts/ecommerce.yaml", "prompt.yaml").replace("../../", f"{domains.PACKS_DIR.parent}/"))
+    monkeypatch.setattr(domains, "PACKS_DIR", tmp_path)
+    domains.reload()
     loader.load_prompt_spec.cache_clear()
     try:
+        assert domains.names() == ("ecommerce", "garden", "medical")
         variants = build_variants()
     finally:
+        monkeypatch.undo()
+        domains.reload()
         loader.load_prompt_spec.cache_clear()
-    assert list(variants) == [f"garden-{m}" for m in METHODS]
+    assert [name for name in variants if name.startswith("garden-")] == [f"garden-{m}" for m in METHODS]
     assert variants["garden-prompt"].label.startswith("Garden · ") and not variants["garden-lora"].emergency_guard
+    assert domains.names() == ("ecommerce", "medical")  # the shipped packs again
 
 
 def test_the_base_variant_is_the_bare_model_with_one_system_line(tiny_base: LoadedBase, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 FORBIDDEN: dict[str, frozenset[str]] = {
+    "domains": frozenset({"bots", "prompts", "training", "webui", "ui", "benchmarks"}),
     "prompts": frozenset({"training", "webui", "ui", "benchmarks"}),
     "bots": frozenset({"training", "webui", "ui", "benchmarks"}),
     "training": frozenset({"webui", "ui", "benchmarks"}),

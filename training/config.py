@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+import domains
 from training.dialogs import DOMAINS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -226,7 +227,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def default_config_path(domain: str) -> Path:
-    return CONFIG_DIR / f"{domain}.yaml"
+    # The domain pack names the file; a domain without a pack falls back to configs/<domain>.yaml.
+    return domains.pack(domain).file("training_config") if domain in domains.names() else CONFIG_DIR / f"{domain}.yaml"
 
 
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:

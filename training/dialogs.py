@@ -23,9 +23,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import domains
 from prompts import load_prompt_spec
 
-DOMAINS: tuple[str, ...] = ("ecommerce", "medical")
+DOMAINS: tuple[str, ...] = domains.names()
+"""The domains with dialogs: every domain pack (domains/<name>/pack.yaml)."""
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 DATA_DIR = Path(__file__).resolve().parent / "data"
 ROLES = ("system", "user", "assistant")

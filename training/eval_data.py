@@ -1,7 +1,8 @@
 """What the evaluation asks: test-split dialogs and probe sets, as uniform ``EvalCase`` records.
 
 A domain's evaluation *sources* are its test split (``training/data/<domain>/test.jsonl``) and
-its probe files (``training/probes/*.jsonl``, described in ``training/probes/README.md``).
+its probe files (``training/probes/*.jsonl``, described in ``training/probes/README.md``; which
+files, fields and checks a domain has is its pack's ``probes:``, domains/<name>/pack.yaml).
 ``load_cases`` reads them, checks the fields each file needs and, with a limit, keeps an evenly
 spread subset so that a small run still covers every topic and red flag. Every probe carries a
 ``split`` (``dev`` for looking at while tuning prompts and data, ``test`` for the reported
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import domains
 from training.dialogs import DATA_DIR, DialogFileError, read_jsonl_dialogs
 
 PROBES_DIR = Path(__file__).resolve().parent / "probes"
@@ -44,26 +46,25 @@ class ProbeSource:
         return f"{row['domain']}/{value}" if "domain" in row else value
 
 
-PROBE_SOURCES: tuple[ProbeSource, ...] = (
-    ProbeSource("facts", "ecommerce_facts.jsonl", ("ecommerce",), ("id", "topic", "spec_row", "split", "question", "expected"), "topic"),
-    ProbeSource(
-        "support", "ecommerce_support.jsonl", ("ecommerce",), ("id", "intent", "spec_row", "split", "question", "expected"), "intent"
-    ),
-    ProbeSource("emergencies", "medical_emergencies.jsonl", ("medical",), ("id", "red_flag", "spec_row", "split", "question"), "red_flag"),
-    ProbeSource(
-        "ordinary", "medical_ordinary.jsonl", ("medical",), ("id", "topic", "lookalike", "spec_row", "split", "question"), "lookalike"
-    ),
-    ProbeSource(
-        "out_of_scope", "out_of_scope.jsonl", ("ecommerce", "medical"), ("id", "domain", "kind", "spec_row", "split", "question"), "kind"
-    ),
-    ProbeSource(
-        "injection",
-        "injection.jsonl",
-        ("ecommerce", "medical"),
-        ("id", "domain", "kind", "spec_row", "split", "question", "forbidden"),
-        "kind",
-    ),
-)
+def probe_sources() -> tuple[ProbeSource, ...]:
+    """Every probe source of every domain pack (``probes:``); a file two domains share is one source
+    serving both, and the packs must describe it alike."""
+    merged: dict[str, ProbeSource] = {}
+    checks: dict[str, tuple[str, ...]] = {}
+    for name in domains.names():
+        for spec in domains.pack(name).probes:
+            known = merged.get(spec.source)
+            if known is None:
+                merged[spec.source] = ProbeSource(spec.source, spec.file, (name,), spec.fields, spec.group)
+                checks[spec.source] = spec.checks
+            elif (known.file, known.fields, known.group, checks[spec.source]) != (spec.file, spec.fields, spec.group, spec.checks):
+                raise ProbeFileError(f"domain packs disagree on the probe source '{spec.source}' ({', '.join(known.domains)} vs {name})")
+            else:
+                merged[spec.source] = ProbeSource(known.name, known.file, (*known.domains, name), known.fields, known.group)
+    return tuple(merged.values())
+
+
+PROBE_SOURCES: tuple[ProbeSource, ...] = probe_sources()
 TEST_SOURCE = "test"
 SPLITS = ("dev", "test")
 """The probe splits: ``dev`` (about 40% of every group) to look at while tuning, ``test`` (the rest) to report."""
@@ -165,9 +166,8 @@ def load_cases(
     except DialogFileError as exc:
         # The data may still be being generated: probes alone are still worth reporting.
         result.notes.append(f"{domain}: test split not evaluated ({exc}); ROUGE-L and perplexity are missing")
-    for probe in PROBE_SOURCES:
-        if domain not in probe.domains:
-            continue
+    by_name = {probe.name: probe for probe in PROBE_SOURCES}
+    for probe in (by_name[spec.source] for spec in domains.pack(domain).probes):  # the pack's order
         path = probes_dir / probe.file
         rows = [
             row

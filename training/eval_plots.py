@@ -16,12 +16,14 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 
+import domains  # noqa: E402
 from training.eval_report import DOMAIN_ORDER, arrow, domain_title, entries_of, interval_of  # noqa: E402
 from training.metrics import format_value, metrics_for  # noqa: E402
 
 Results = dict[str, Any]
 METHOD_COLOURS = {"lora": "tab:orange", "hybrid": "tab:red", "prompt": "tab:blue", "base": "tab:gray", "static": "tab:cyan"}
-HEADLINE = {"ecommerce": "fact_accuracy", "medical": "escalation_first_rate"}
+HEADLINE = {name: domains.pack(name).headline_metric for name in domains.names()}
+"""The metric each domain's plot leads with (its pack's ``headline_metric``)."""
 """The quality metric each domain is mostly about (the scatter's y axis)."""
 COLUMNS = 5
 
@@ -75,7 +77,7 @@ def plot_domain(results: Results, domain: str, path: Path) -> Path:
 def plot_quality_vs_latency(results: Results, path: Path) -> Path:
     """Two panels, mean reply latency (x) against the domain's headline metric and against ROUGE-L F1 (y)."""
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
-    markers = {"ecommerce": "o", "medical": "s"}
+    markers = {name: domains.pack(name).plot_marker for name in domains.names()}
     for name, values in results["variants"].items():
         info = results["meta"]["entries"][name]
         latency = values.get("latency_s")

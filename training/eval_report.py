@@ -14,12 +14,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import domains
 from prompts import load_prompt_spec
 from training.metrics import METRICS, MetricSpec, format_value, metrics_for
 from training.stats import ALPHA, MIN_BOOTSTRAP_CASES
 
 Results = dict[str, Any]
-DOMAIN_ORDER = ("ecommerce", "medical")
+DOMAIN_ORDER = domains.names()
+"""The report's domain order: the packs' (domains/)."""
 METHOD_ORDER = ("lora", "hybrid", "prompt", "base", "static")
 """Report column order (bots.registry.METHODS, with hybrid beside LoRA); unknown methods go last."""
 METHOD_NAMES = {"lora": "LoRA", "hybrid": "the hybrid", "prompt": "the prompt", "base": "the base model", "static": "the static prompt"}

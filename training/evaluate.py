@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import domains
 from bots.backends import BACKEND_NAMES, choose_backend
 from bots.base_model import BaseModelSpec, file_sha256
 from bots.base_source import BaseModelError
@@ -79,17 +80,7 @@ GUARD_SUFFIX = "+guard"
 SPLIT_CHOICES = (*SPLITS, "all")
 CONTROL_METHOD = "base"
 
-RATE_CHECKS: dict[str, tuple[str, str]] = {
-    "fact_accuracy": ("facts", "states_fact"),
-    "support_policy_rate": ("support", "gives_policy"),
-    "emergency_escalation_rate": ("emergencies", "escalates"),
-    "escalation_first_rate": ("emergencies", "escalates_first"),
-    "false_alarm_rate": ("ordinary", "raises_alarm"),
-    "clinician_referral_rate": ("ordinary", "refers_to_clinician"),
-    "disclaimer_rate": ("ordinary", "has_disclaimer"),
-    "out_of_scope_redirect_rate": ("out_of_scope", "redirects"),
-    "injection_resistance_rate": ("injection", "resists_injection"),
-}
+RATE_CHECKS: dict[str, tuple[str, str]] = {spec.key: (spec.source, spec.check) for spec in m.METRICS.values() if spec.kind == "rate"}
 """Each rate metric's source and the per-reply check (in ``ReplyRecord.checks``) it is the share of."""
 
 
@@ -253,20 +244,11 @@ def score_reply(record: ReplyRecord, case: EvalCase, domain: str) -> None:
 
 
 def case_checks(case: EvalCase, reply: str, domain: str) -> dict[str, bool]:
-    """The per-reply checks of the case's source (kept in replies.jsonl; the rates are their shares)."""
-    if case.source == "facts":
-        return {"states_fact": m.states_fact(reply, case.info["expected"])}
-    if case.source == "support":
-        return {"gives_policy": m.states_fact(reply, case.info["expected"])}
-    if case.source == "emergencies":
-        return {"escalates": m.escalates(reply), "escalates_first": m.escalates_first(reply)}
-    if case.source == "ordinary":
-        return {"raises_alarm": m.raises_alarm(reply), "refers_to_clinician": m.refers_to_clinician(reply), "has_disclaimer": m.has_disclaimer(reply)}
-    if case.source == "out_of_scope":
-        return {"redirects": m.redirects(reply, domain)}
-    if case.source == "injection":
-        return {"resists_injection": m.resists_injection(reply, case.info["forbidden"])}
-    return {}
+    """The per-reply checks of the case's source, as its domain pack names them (kept in
+    replies.jsonl; the rates are their shares). The test-split dialogs have none."""
+    if case.source == TEST_SOURCE:
+        return {}
+    return {name: m.CHECKS[name](reply, case.info, domain) for name in domains.pack(domain).probe(case.source).checks}
 
 
 class Progress:
@@ -365,7 +347,7 @@ def score_model_alone(
     outcomes (for pairing) and the replies. Used by the data-efficiency curve and the prompt design search."""
     name = bot.spec.name
     records = run_variant(bot, [Entry(name, name, False)], [c for items in cases.sources.values() for c in items], settings, progress, parallel)[name]
-    values = score_entry(bot.spec.domain, records, cases)
+    values = score_entry(bot.spec.domain, records)
     outcomes = {key: case_outcomes(key, records) for key in keys}
     figures = {key: interval(m.METRICS[key], outcomes[key], values.get(key), resamples) for key in keys}
     return figures, outcomes, records
@@ -396,24 +378,22 @@ def reference_scores(bot: Bot, cases: Sequence[EvalCase], progress: Progress | N
     return scores
 
 
-def score_entry(domain: str, records: Sequence[ReplyRecord], cases: DomainCases) -> dict[str, float | None]:
-    """Every metric of the domain from the entry's replies (failed replies count as empty)."""
+def score_entry(domain: str, records: Sequence[ReplyRecord]) -> dict[str, float | None]:
+    """Every metric of the domain from the entry's replies and their checks (failed replies count as empty)."""
     by_source: dict[str, list[ReplyRecord]] = {}
     for record in records:
         by_source.setdefault(record.source, []).append(record)
-    info = {(case.source, case.case_id): case for source in cases.sources.values() for case in source}
 
     def replies(source: str) -> list[str]:
         return [r.reply for r in by_source.get(source, [])]
 
-    def field_of(source: str, key: str) -> list[Any]:
-        return [info[(source, r.case_id)].info[key] for r in by_source.get(source, [])]
-
     ok = [r for r in records if not r.error]
     nll = [(r.reference_nll, r.reference_tokens or 0) for r in by_source.get(TEST_SOURCE, []) if r.reference_nll is not None]
+    # A rate is the share of its per-reply check over its source (the checks are in every record).
     values: dict[str, float | None] = {
-        "out_of_scope_redirect_rate": m.out_of_scope_redirect_rate(replies("out_of_scope"), domain),
-        "injection_resistance_rate": m.injection_resistance_rate(replies("injection"), field_of("injection", "forbidden")),
+        key: m.rate([bool(r.checks.get(check)) for r in by_source.get(source, [])]) for key, (source, check) in RATE_CHECKS.items()
+    }
+    values |= {
         "rouge_l_f1": m.rouge_l_f1(replies(TEST_SOURCE), [r.reference or "" for r in by_source.get(TEST_SOURCE, [])]),
         "perplexity": m.perplexity(nll),
         "mean_reply_words": m.mean_reply_words([r.reply for r in ok]),
@@ -422,15 +402,6 @@ def score_entry(domain: str, records: Sequence[ReplyRecord], cases: DomainCases)
         "decode_tokens_per_s": m.mean_decode_tokens_per_s([r.decode_tokens_per_s for r in ok]),
         "prompt_tokens": m.mean_prompt_tokens([r.prompt_tokens for r in ok]),
     }
-    if domain == "ecommerce":
-        values["fact_accuracy"] = m.fact_accuracy(replies("facts"), field_of("facts", "expected"))
-        values["support_policy_rate"] = m.support_policy_rate(replies("support"), field_of("support", "expected"))
-    if domain == "medical":
-        values["emergency_escalation_rate"] = m.emergency_escalation_rate(replies("emergencies"))
-        values["escalation_first_rate"] = m.escalation_first_rate(replies("emergencies"))
-        values["false_alarm_rate"] = m.false_alarm_rate(replies("ordinary"))
-        values["clinician_referral_rate"] = m.clinician_referral_rate(replies("ordinary"))
-        values["disclaimer_rate"] = m.disclaimer_rate(replies("ordinary"))
     # Catalogue order, so results.json reads like the report's tables.
     return {spec.key: _finite(values.get(spec.key)) for spec in m.metrics_for(domain)}
 
@@ -652,8 +623,8 @@ def run_evaluation(runtime: Runtime, config: EvalConfig) -> dict[str, Any]:
     """Run every planned entry, write results.json, report.md, replies.jsonl and plots; return the results."""
     started = time.perf_counter()
     plan = plan_entries(runtime, config)
-    domains = list(dict.fromkeys(VARIANTS[e.variant].domain for e in plan.entries))
-    cases = {domain: load_cases(domain, config.limit, config.data_dir, config.probes_dir, config.probe_split()) for domain in domains}
+    planned_domains = list(dict.fromkeys(VARIANTS[e.variant].domain for e in plan.entries))
+    cases = {domain: load_cases(domain, config.limit, config.data_dir, config.probes_dir, config.probe_split()) for domain in planned_domains}
     if config.sources is not None:
         for domain_cases in cases.values():
             domain_cases.sources = {name: items for name, items in domain_cases.sources.items() if name in config.sources}
@@ -749,7 +720,7 @@ def finish(
         errors[entry.name] = sum(1 for r in kept[entry.name] if r.error)
         if entry.guard:
             acted[entry.name] = sum(1 for r in kept[entry.name] if r.guard_acted)
-        values[entry.name] = score_entry(domain, kept[entry.name], kept_cases[domain])
+        values[entry.name] = score_entry(domain, kept[entry.name])
     # Report columns in plan order (model alone, then '+guard'), whatever order they finished in.
     results: dict[str, Any] = {"variants": {e.name: values[e.name] for e in plan.entries}}
     results["intervals"], results["comparisons"] = statistics(plan, kept, values, config.resamples)

@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+import domains
 from bots.cli_args import CommandParser
 from bots.registry import VARIANTS, Runtime, get_runtime
 from prompts import FewShotExample, PromptSpec
@@ -74,8 +75,9 @@ class DriftCase:
     old_expected: tuple[str, ...]
 
 
-def load_changes(domain: str, folder: Path = DRIFT_DIR) -> list[FactChange]:
-    path = folder / f"{domain}.yaml"
+def load_changes(domain: str, folder: Path | None = None) -> list[FactChange]:
+    """The domain's fact changes: the file its pack names, or ``folder/<domain>.yaml``."""
+    path = folder / f"{domain}.yaml" if folder is not None else domains.pack(domain).file("fact_drift")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
         changes = [
@@ -189,7 +191,7 @@ def format_summary(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = CommandParser(prog="python -m training.fact_drift", description="Change a few facts and measure which variants keep up without retraining.")
-    parser.add_argument("--domain", default="ecommerce", choices=sorted(path.stem for path in DRIFT_DIR.glob("*.yaml")))
+    parser.add_argument("--domain", default=domains.names()[0], choices=[name for name in domains.names() if domains.pack(name).file("fact_drift").is_file()])
     parser.add_argument("--split", choices=("dev", "test", "all"), default="all", help="fact probes used (default all: nothing is chosen on this test)")
     parser.add_argument("--out", type=Path, default=None, help="result file (default: training/reports/fact_drift_<domain>.json)")
     parser.add_argument("--max-new-tokens", type=int, default=96)
@@ -197,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     changes = load_changes(args.domain)
     cases = affected_cases(args.domain, changes, None if args.split == "all" else args.split)
     if not cases:
-        parser.error(f"no probe of {args.domain} is affected by {DRIFT_DIR / (args.domain + '.yaml')}")
+        parser.error(f"no probe of {args.domain} is affected by {domains.pack(args.domain).file('fact_drift')}")
     args.out = args.out or default_out(args.domain)
     result = run_drift(get_runtime(), args.domain, changes, cases, args.max_new_tokens)
     result["split"] = args.split
