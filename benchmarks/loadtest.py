@@ -358,14 +358,22 @@ def format_sweep(report: SweepReport) -> str:
     if report.unavailable:
         lines.append(f"skipped as unavailable: {', '.join(report.unavailable)}")
     for level in report.levels:
-        if level.busy:
-            lines.append(f"  BUSY at {level.sessions} sessions: {len(level.busy)} request(s) refused at once: {level.busy[0].error}")
-        for outcome in level.failed + level.lost:
-            lines.append(f"  {'LOST' if outcome.lost else 'FAILED'} at {level.sessions} sessions: {outcome.request.variant} {outcome.request.message!r}: {outcome.error}")
-    lines.append(f"replay: {report.replayed} distinct requests re-run alone, {len(report.mismatches)} mismatch(es)")
-    lines += [f"  MISMATCH {m}" for m in report.mismatches]
-    lines.append("OK: nothing lost, nothing mixed" if report.ok else "NOT OK")
+        lines += problem_lines(level, f" at {level.sessions} sessions")
+    lines += replay_lines(report.replayed, report.mismatches, report.ok)
     return "\n".join(lines)
+
+
+def problem_lines(level: LoadReport, where: str = "") -> list[str]:
+    """The busy, failed and lost requests of one load, a line each (busy: one line for all)."""
+    lines = [f"  BUSY{where}: {len(level.busy)} request(s) refused at once: {level.busy[0].error}"] if level.busy else []
+    for outcome in level.failed + level.lost:
+        lines.append(f"  {'LOST' if outcome.lost else 'FAILED'}{where}: {outcome.request.variant} {outcome.request.message!r}: {outcome.error}")
+    return lines
+
+
+def replay_lines(replayed: int, mismatches: list[str], ok: bool) -> list[str]:
+    lines = [f"replay: {replayed} distinct requests re-run alone, {len(mismatches)} mismatch(es)", *(f"  MISMATCH {m}" for m in mismatches)]
+    return [*lines, "OK: nothing lost, nothing mixed" if ok else "NOT OK"]
 
 
 def format_report(report: LoadReport) -> str:
@@ -376,13 +384,8 @@ def format_report(report: LoadReport) -> str:
         f"latency: p50 {report.latency(0.5):.2f}s, p95 {report.latency(0.95):.2f}s, max {report.latency(1.0):.2f}s; {rate:.2f} requests/s over {report.wall_s:.1f}s",
         "variants: " + ", ".join(sorted({o.request.variant for o in report.outcomes})) + (f" (skipped as unavailable: {', '.join(report.unavailable)})" if report.unavailable else ""),
     ]
-    if report.busy:
-        lines.append(f"  BUSY {len(report.busy)} request(s) refused at once: {report.busy[0].error}")
-    for outcome in report.failed + report.lost:
-        lines.append(f"  {'LOST' if outcome.lost else 'FAILED'} {outcome.request.variant} {outcome.request.message!r}: {outcome.error}")
-    lines.append(f"replay: {replayed_requests(report.outcomes)} distinct requests re-run alone, {len(report.mismatches)} mismatch(es)")
-    lines += [f"  MISMATCH {m}" for m in report.mismatches]
-    lines.append("OK: nothing lost, nothing mixed" if report.ok else "NOT OK")
+    lines += problem_lines(report)
+    lines += replay_lines(replayed_requests(report.outcomes), report.mismatches, report.ok)
     return "\n".join(lines)
 
 
