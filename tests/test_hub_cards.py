@@ -14,7 +14,7 @@ import pytest
 from bots.base_source import EMBEDDED_HUB_ID
 from bots.registry import PACKAGED_ADAPTERS
 from training.dialogs import DATA_DIR
-from training.hub_cards import FrontMatterError, main, read_front_matter, size_category, with_front_matter
+from training.hub_cards import FrontMatterError, adapter_domain, main, read_front_matter, size_category, with_front_matter
 
 REPO = Path(__file__).resolve().parent.parent
 ADAPTER_DIRS = sorted(path for path in PACKAGED_ADAPTERS.iterdir() if (path / "adapter_config.json").is_file())
@@ -25,7 +25,7 @@ SHORT_DESCRIPTION_LIMIT = 60  # the Hub's Spaces configuration (see the README's
 
 
 def test_shipped_adapters_and_datasets_exist() -> None:
-    assert [path.name for path in ADAPTER_DIRS] == ["ecommerce", "medical"]
+    assert {"ecommerce", "medical"} <= {path.name for path in ADAPTER_DIRS} <= {"ecommerce", "medical", "ecommerce-hybrid", "medical-hybrid"}
     assert [path.name for path in DATASET_DIRS] == ["ecommerce", "medical"]
 
 
@@ -35,7 +35,7 @@ def test_adapter_card_has_the_hub_keys_of_a_peft_adapter(folder: Path) -> None:
     assert meta["library_name"] == "peft"
     assert meta["base_model"] == EMBEDDED_HUB_ID
     assert meta["license"] == "apache-2.0" and meta["pipeline_tag"] == "text-generation"
-    assert {"lora", "peft", folder.name} <= set(meta["tags"])
+    assert {"lora", "peft", adapter_domain(folder)} <= set(meta["tags"]) and adapter_domain(folder) in ("ecommerce", "medical")
 
 
 @pytest.mark.parametrize("folder", DATASET_DIRS, ids=lambda path: path.name)

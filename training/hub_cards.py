@@ -137,6 +137,14 @@ def rewrite_dataset_card(folder: Path, domain: str) -> list[Path]:
     return [card_path]
 
 
+def adapter_domain(folder: Path) -> str:
+    """The domain an adapter folder serves: its tune_or_prompt.json says (a hybrid folder is '<domain>-hybrid')."""
+    meta = folder / "tune_or_prompt.json"
+    if meta.is_file():
+        return str(json.loads(meta.read_text(encoding="utf-8")).get("domain") or folder.name)
+    return folder.name
+
+
 def main(argv: list[str] | None = None) -> int:
     from bots.registry import PACKAGED_ADAPTERS
     from training.dialogs import DATA_DIR
@@ -156,12 +164,12 @@ def main(argv: list[str] | None = None) -> int:
                 copy = Path(scratch) / folder.parent.name / folder.name
                 shutil.copytree(folder, copy)
                 rewrite = rewrite_adapter if folder in adapters else rewrite_dataset_card
-                stale += [folder / path.name for path in rewrite(copy, folder.name)]
+                stale += [folder / path.name for path in rewrite(copy, adapter_domain(folder) if folder in adapters else folder.name)]
         for path in stale:
             print(f"would change: {path}", file=sys.stderr)
         return 1 if stale else 0
     for folder in adapters:
-        for path in rewrite_adapter(folder, folder.name):
+        for path in rewrite_adapter(folder, adapter_domain(folder)):
             print(f"rewrote {path}")
     for folder in datasets:
         for path in rewrite_dataset_card(folder, folder.name):

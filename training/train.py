@@ -40,6 +40,7 @@ from training.adapter_meta import AdapterMetadata, AdapterMismatchError, check_s
 from training.collate import DialogCollator, tokenize_dialog
 from training.config import ConfigError, TrainConfig, add_config_arguments, default_config_path, load_config, overrides_from_args
 from training.dialogs import DialogFileError, read_jsonl_dialogs
+from training.hub_cards import rewrite_adapter
 from training.lora_trainer import AssistantOnlyTrainer, trainable_parameters
 from training.loss import mean_token_loss
 from training.report import TrainingReport, write_report
@@ -250,6 +251,7 @@ def train(config: TrainConfig, base: LoadedBase | None = None) -> Path:
         peak_rss_mb=peak_rss_mb(),
     )
     write_report(output, report, base.hub_id or base.name)
+    rewrite_adapter(output, config.domain, base.hub_id or base.name)  # the shipped form: `hub_cards --check` holds at once
     log.info("test loss: base %.4f -> adapter %.4f; adapter written to %s", base_test.loss, adapter_test.loss, output)
     return output
 
