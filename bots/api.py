@@ -252,7 +252,7 @@ class ApiService:
         try:
             ticket = gate.admit()
         except ServerBusy as exc:
-            raise ApiError(429, f"the {exc}", "rate_limit_error", code="server_busy", headers=retry) from exc
+            raise ApiError(429, str(exc), "rate_limit_error", code="server_busy", headers=retry) from exc
         release = _Once(lambda: gate.leave(ticket))
         try:
             if gate.wait_turn(ticket, self.config.queue_timeout_s):

@@ -38,7 +38,7 @@ class ServerBusy(Exception):
         self.ahead = ahead
         self.expected_wait_s = expected_wait_s
         why = "" if expected_wait_s is None else f" (a wait of about {math.ceil(expected_wait_s)} s)"
-        super().__init__(f"server busy: {ahead} request(s) ahead{why}; retry in a few seconds")
+        super().__init__(f"the server is busy: {ahead} request(s) ahead{why}; retry in a few seconds")
 
 
 @dataclass(frozen=True)

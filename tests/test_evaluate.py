@@ -332,6 +332,7 @@ def test_a_run_reuses_an_earlier_runs_replies_where_nothing_they_depend_on_chang
     monkeypatch.setattr(evaluate, "generate", counting_generate)
     again = run("again", "--reuse", str(tmp_path / "first"))
     assert generated == []  # every reply, of both splits, was taken from the first run
+    assert any(note.startswith("--reuse: ") and "replies were taken from the run of" in note for note in again["meta"]["notes"])
     assert again["variants"] == first["variants"] and again["comparisons"] == first["comparisons"]
     taken = again["meta"]["reuse"]["replies"]
     dev_counts = json.loads((tmp_path / "again" / "dev" / "results.json").read_text())["meta"]["counts"]

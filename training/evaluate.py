@@ -673,6 +673,11 @@ def run_evaluation(runtime: Runtime, config: EvalConfig) -> dict[str, Any]:
     common: dict[str, Any] = {"parallel": parallel, "perplexity": perplexity_source(runtime, any(scoring.values())), "serving": serving}
     if previous:
         common["reuse"] = {"from": _relative(previous.folder), "date": previous.date, "refused": previous.refused or None, "replies": reused}
+        taken, made = sum(reused.values()), sum(len(r) for r in records.values())
+        plan.notes.append(
+            f"--reuse: {taken} of {made} replies were taken from the run of {previous.date or 'unknown date'} in `{_relative(previous.folder)}`, "
+            "where nothing they depend on had changed (their timings are that run's)." if not previous.refused else f"--reuse: {previous.refused}."
+        )
     if config.split != "all":
         return finish(runtime, config, plan, cases, records, config.split, config.out_dir, {**common, "duration_s": duration})
     # One run, two reports: the test split (reported) in out_dir, the dev split (for choosing) in out_dir/dev.
