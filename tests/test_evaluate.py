@@ -357,3 +357,37 @@ def test_a_run_reuses_an_earlier_runs_replies_where_nothing_they_depend_on_chang
     assert "served differently (settings)" in capsys.readouterr().err and "ecommerce-prompt" in generated
     with pytest.raises(SystemExit):
         evaluate.main(["--reuse", str(tmp_path / "nowhere")], runtime=full_runtime)
+
+
+def test_an_interrupted_run_resumes_with_reuse_on_its_own_folder(full_runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from training.eval_reuse import PARTIAL_META, PARTIAL_REPLIES
+
+    data = write_test_split(tmp_path / "data")
+    out = tmp_path / "report"
+    argv = ["--variants", "ecommerce-prompt,medical-prompt", "--limit", "2", "--out", str(out), "--data-dir", str(data), "--max-new-tokens", "6", "--no-progress", "--no-guard"]
+    real_generate = evaluate.generate
+    generated: list[str] = []
+
+    def stopped_at_medical(bot: Bot, entry: evaluate.Entry, *args: object) -> evaluate.ReplyRecord:
+        if entry.variant == "medical-prompt":
+            raise KeyboardInterrupt  # the run is stopped half-way
+        generated.append(entry.name)
+        return real_generate(bot, entry, *args)
+
+    monkeypatch.setattr(evaluate, "generate", stopped_at_medical)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.main(argv, runtime=full_runtime)
+    kept = [json.loads(line) for line in (out / PARTIAL_REPLIES).read_text().splitlines()]
+    assert kept and {row["entry"] for row in kept} == {"ecommerce-prompt"} and not (out / "results.json").exists()
+    done_before = len(generated)
+
+    def counting(bot: Bot, entry: evaluate.Entry, *args: object) -> evaluate.ReplyRecord:
+        generated.append(entry.name)
+        return real_generate(bot, entry, *args)
+
+    monkeypatch.setattr(evaluate, "generate", counting)
+    assert evaluate.main([*argv, "--reuse", str(out)], runtime=full_runtime) == 0
+    assert set(generated[done_before:]) == {"medical-prompt"}  # ecommerce-prompt came from the interrupted run
+    results = json.loads((out / "results.json").read_text())
+    assert results["meta"]["reuse"]["replies"]["ecommerce-prompt"] == len(kept) and results["meta"]["reuse"]["replies"]["medical-prompt"] == 0
+    assert not (out / PARTIAL_META).exists() and not (out / PARTIAL_REPLIES).exists()  # a finished run cleans up

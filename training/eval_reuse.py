@@ -14,7 +14,9 @@ and takes a reply instead of generating it only when all of this holds:
   question, the exact messages the bot would send for it (system prompt, retrieved facts
   and examples, conversation) and the adapter's weights.
 
-Everything taken is scored again with today's checks, so an edited probe pattern counts.
+Everything taken is scored again with today's checks, so an edited probe pattern counts. A run
+in progress appends each variant's replies to ``partial_replies.jsonl`` in its ``--out`` folder,
+so a run that was stopped resumes with ``--reuse`` on that folder.
 What the fingerprints cannot see is a change to the generation code itself: after one, run
 without ``--reuse``. No command of its own; ``training.evaluate`` uses it.
 """
@@ -34,6 +36,10 @@ from bots.detector import DETECTOR_FILE
 from bots.safety import RULES_FILE
 
 DEV_FOLDER = "dev"
+PARTIAL_META = "partial.json"
+PARTIAL_REPLIES = "partial_replies.jsonl"
+"""A run in progress writes each variant's replies here as soon as it has them, so that an
+interrupted run can be resumed with ``--reuse`` on its own folder; a finished run removes them."""
 
 
 def _llama_version() -> str | None:
@@ -79,24 +85,54 @@ class Previous:
         return row if row is not None and row.get("fingerprint") == fingerprint else None
 
 
+def has_run(folder: Path) -> bool:
+    """Whether the folder holds a finished run (results.json) or an interrupted one (partial.json)."""
+    return (folder / "results.json").is_file() or (folder / PARTIAL_META).is_file()
+
+
 def load_previous(folder: Path, serving: Mapping[str, Any]) -> Previous:
-    """Read an earlier run's report folder; ``refused`` says why none of it may be taken."""
+    """Read an earlier run's report folder, finished or interrupted; ``refused`` says why none of it may be taken."""
+    if not has_run(folder):
+        raise FileNotFoundError(f"--reuse {folder}: no results.json or {PARTIAL_META} there (a report folder of training.evaluate)")
     previous = Previous(folder)
-    results = folder / "results.json"
-    if not results.is_file():
-        raise FileNotFoundError(f"--reuse {folder}: no results.json there (a report folder of training.evaluate)")
-    meta = json.loads(results.read_text(encoding="utf-8")).get("meta", {})
-    previous.date = str(meta.get("date", ""))
-    theirs = meta.get("serving")
-    if theirs != dict(serving):
-        differs = sorted(k for k in serving if not isinstance(theirs, dict) or theirs.get(k) != serving[k])
-        previous.refused = f"the run in {folder} served differently ({', '.join(differs) or 'no serving fingerprint'}): nothing is reused"
-        return previous
-    for path in (folder / "replies.jsonl", folder / DEV_FOLDER / "replies.jsonl"):
-        if not path.is_file():
+    runs = []  # (its meta, its reply files), the finished run first: an interrupted one is newer
+    if (folder / "results.json").is_file():
+        runs.append((json.loads((folder / "results.json").read_text(encoding="utf-8")).get("meta", {}), [folder / "replies.jsonl", folder / DEV_FOLDER / "replies.jsonl"]))
+    if (folder / PARTIAL_META).is_file():
+        runs.append((json.loads((folder / PARTIAL_META).read_text(encoding="utf-8")), [folder / PARTIAL_REPLIES]))
+    refusals = []
+    for meta, paths in runs:
+        theirs = meta.get("serving")
+        if theirs != dict(serving):
+            differs = sorted(k for k in serving if not isinstance(theirs, dict) or theirs.get(k) != serving[k])
+            refusals.append(f"the run in {folder} of {meta.get('date', '?')} served differently ({', '.join(differs) or 'no serving fingerprint'})")
             continue
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                row = json.loads(line)
-                previous.records[(row["entry"], row["source"], row["case_id"])] = row
+        previous.date = str(meta.get("date", ""))
+        for path in paths:
+            if path.is_file():
+                for line in path.read_text(encoding="utf-8").splitlines():
+                    if line.strip():
+                        row = json.loads(line)
+                        previous.records[(row["entry"], row["source"], row["case_id"])] = row
+    if not previous.records and refusals:
+        previous.refused = "; ".join(refusals) + ": nothing is reused"
     return previous
+
+
+def start_partial(folder: Path, serving: Mapping[str, Any], date: str) -> None:
+    """A run begins: its replies will be appended to the folder's partial file as they come."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / PARTIAL_META).write_text(json.dumps({"serving": dict(serving), "date": date}, indent=2) + "\n", encoding="utf-8")
+    (folder / PARTIAL_REPLIES).write_text("", encoding="utf-8")
+
+
+def append_partial(folder: Path, rows: list[dict[str, Any]]) -> None:
+    with (folder / PARTIAL_REPLIES).open("a", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def end_partial(folder: Path) -> None:
+    """The run finished and wrote its replies: the partial files are no longer needed."""
+    for name in (PARTIAL_META, PARTIAL_REPLIES):
+        (folder / name).unlink(missing_ok=True)

@@ -72,7 +72,17 @@ from training.dialogs import DATA_DIR
 from training.eval_data import PROBE_SOURCES, PROBES_DIR, SPLITS, TEST_SOURCE, DomainCases, EvalCase, load_cases
 from training.eval_plots import write_plots
 from training.eval_report import METHOD_ORDER, write_report
-from training.eval_reuse import DEV_FOLDER, Previous, load_previous, reply_fingerprint, serving_fingerprint
+from training.eval_reuse import (
+    DEV_FOLDER,
+    Previous,
+    append_partial,
+    end_partial,
+    has_run,
+    load_previous,
+    reply_fingerprint,
+    serving_fingerprint,
+    start_partial,
+)
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "reports"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -643,6 +653,7 @@ def run_evaluation(runtime: Runtime, config: EvalConfig) -> dict[str, Any]:
     if previous and previous.refused:
         print(f"--reuse: {previous.refused}", file=sys.stderr)
     adapter_shas = {name: row["sha256"] for name, row in adapters_of(runtime, plan).items()}
+    start_partial(config.out_dir, serving, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     records: dict[str, list[ReplyRecord]] = {}
     progress = Progress(total, config.progress)
     try:
@@ -666,6 +677,7 @@ def run_evaluation(runtime: Runtime, config: EvalConfig) -> dict[str, Any]:
                         if record.source == TEST_SOURCE and record.case_id in nll:
                             record.reference_nll, record.reference_tokens = nll[record.case_id]
             records.update(variant_records)
+            append_partial(config.out_dir, [asdict(r) for entry_records in variant_records.values() for r in entry_records])
     finally:
         progress.close()
     duration = round(time.perf_counter() - started, 1)
@@ -679,13 +691,17 @@ def run_evaluation(runtime: Runtime, config: EvalConfig) -> dict[str, Any]:
             "where nothing they depend on had changed (their timings are that run's)." if not previous.refused else f"--reuse: {previous.refused}."
         )
     if config.split != "all":
-        return finish(runtime, config, plan, cases, records, config.split, config.out_dir, {**common, "duration_s": duration})
+        results = finish(runtime, config, plan, cases, records, config.split, config.out_dir, {**common, "duration_s": duration})
+        end_partial(config.out_dir)
+        return results
     # One run, two reports: the test split (reported) in out_dir, the dev split (for choosing) in out_dir/dev.
     shared = {**common, "duration_s": duration}
     dev_note = f"One run answered both splits ({duration / 60:.1f} min in all); this is its **dev** split, used for choosing. The test split's report is `../report.md`."
     test_note = f"One run answered both splits ({duration / 60:.1f} min in all); this is its **test** split. The dev split's report, used for choosing, is `{DEV_FOLDER}/report.md`."
     finish(runtime, config, plan, cases, records, "dev", config.out_dir / DEV_FOLDER, {**shared, "companion": dev_note})
-    return finish(runtime, config, plan, cases, records, "test", config.out_dir, {**shared, "companion": test_note})
+    results = finish(runtime, config, plan, cases, records, "test", config.out_dir, {**shared, "companion": test_note})
+    end_partial(config.out_dir)
+    return results
 
 
 # DEV_FOLDER (training/eval_reuse.py): where a ``--split all`` run writes its dev-split report (the test split's goes to ``--out``).
@@ -801,8 +817,8 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         variants, args.limit, args.out, not args.no_guard, args.max_new_tokens, args.data_dir, args.probes_dir, not args.no_progress,
         args.split, args.parallel, args.resamples, sources, args.reuse,
     )  # fmt: skip
-    if args.reuse is not None and not (args.reuse / "results.json").is_file():
-        parser.error(f"--reuse {args.reuse}: no results.json there (a report folder of training.evaluate)")
+    if args.reuse is not None and not has_run(args.reuse):
+        parser.error(f"--reuse {args.reuse}: no finished or interrupted run there (results.json or partial.json of training.evaluate)")
     try:
         config.settings()
     except ValueError as exc:
