@@ -80,9 +80,9 @@ class Previous:
     """Why nothing can be taken (empty when the run is compatible)."""
 
     def take(self, entry: str, source: str, case_id: str, fingerprint: str) -> dict[str, Any] | None:
-        """The earlier reply to this case by this entry, if its fingerprint is the same."""
+        """The earlier reply to this case by this entry, if its fingerprint is the same (a failed one is tried again)."""
         row = self.records.get((entry, source, case_id))
-        return row if row is not None and row.get("fingerprint") == fingerprint else None
+        return row if row is not None and row.get("fingerprint") == fingerprint and not row.get("error") else None
 
 
 def has_run(folder: Path) -> bool:
