@@ -70,6 +70,10 @@ class DetectorModel:
     """Emergency when P(emergency) >= this (chosen on the dev set for recall)."""
     urgent_threshold: float
     """Otherwise urgent when P(urgent) + P(emergency) >= this."""
+    rules_veto_threshold: float = 0.0
+    """A rules match is overruled when P(emergency) < this: the detector is sure the message is
+    routine (a question about an emergency, a past or negated one). Chosen on the dev set below
+    every dev emergency the rules catch; 0 never overrules the rules."""
     trained_on: dict[str, Any] = field(default_factory=dict)
     """Files, sizes and dev figures of the run that made it."""
     blocks: int | None = None
@@ -99,6 +103,10 @@ class DetectorModel:
 
     def flag_probabilities(self, features: np.ndarray) -> np.ndarray:
         return _softmax(self._standardise(features) @ self._flag_w + self._flag_b)
+
+    def overrules(self, detection: Detection) -> bool:
+        """Whether this detection overrules a rules match (see ``rules_veto_threshold``)."""
+        return detection.scores["emergency"] < self.rules_veto_threshold
 
     def detect(self, features: np.ndarray) -> Detection:
         """The decision for one message's feature vector."""

@@ -2,8 +2,10 @@
 
 ``EmergencyGuard.assess(text, rules_match)`` decides the tier of a user's message:
 
-- the rules (bots/safety.py) are the floor: a red flag they match is an emergency, whatever
-  the detector says;
+- the rules (bots/safety.py) are the floor: a red flag they match is an emergency unless the
+  detector is sure the message is routine (P(emergency) below its ``rules_veto_threshold``,
+  chosen on the dev set under every dev emergency the rules catch): keyword rules cannot tell
+  "what are the signs of a stroke?" or "she's not confused" from the real thing;
 - the learned detector (bots/detector.py) adds what the rules miss: an emergency (the reply
   opens with 911, and 988 / Poison Control where its red flag calls for them), or an urgent
   problem (the reply opens with same-day care, without crying emergency).
@@ -43,6 +45,8 @@ class GuardDecision:
     red_flag: str | None = None
     detection: Detection | None = None
     """The detector's view, when it ran."""
+    overruled: str | None = None
+    """The red flag the rules matched when the detector overruled them (the tier is then the detector's)."""
 
     @property
     def acted(self) -> bool:
@@ -71,6 +75,7 @@ class GuardDecision:
             "red_flag": self.red_flag,
             "score": None if self.score is None else round(self.score, 4),
             "scores": {tier: round(p, 4) for tier, p in self.detection.scores.items()} if self.detection else None,
+            "overruled": self.overruled,
         }
 
 
@@ -132,14 +137,17 @@ class EmergencyGuard:
 
     def assess(self, text: str, rules_match: EmergencyMatch | None) -> GuardDecision:
         detection = self.detect(text)
+        overruled = None
         if rules_match is not None:
-            both = detection is not None and detection.tier == "emergency"
-            return GuardDecision("emergency", "rules+detector" if both else "rules", rules_match.escalation, rules_match.red_flag, detection)
+            if detection is None or self.detector is None or not self.detector.overrules(detection):
+                both = detection is not None and detection.tier == "emergency"
+                return GuardDecision("emergency", "rules+detector" if both else "rules", rules_match.escalation, rules_match.red_flag, detection)
+            overruled = rules_match.red_flag
         if detection is None or detection.tier == "routine":
-            return GuardDecision("routine", "", detection=detection)
+            return GuardDecision("routine", "", detection=detection, overruled=overruled)
         if detection.tier == "emergency":
             return GuardDecision("emergency", "detector", escalation_for(detection.red_flag), detection.red_flag, detection)
-        return GuardDecision("urgent", "detector", urgent_text(), None, detection)
+        return GuardDecision("urgent", "detector", urgent_text(), None, detection, overruled)
 
 
 RULES_ONLY = EmergencyGuard(None, None, "rules only")

@@ -6,6 +6,7 @@ Run: ``python -m pytest tests/test_detector.py``.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,9 @@ from bots.generation import GenerationSettings
 from bots.guard import RULES_ONLY, EmergencyGuard, escalation_for, urgent_text
 from bots.registry import Runtime
 from bots.safety import detect_emergency
-from bots.safety_eval import TieredMessage, load_tiered
+from bots.safety_eval import SAFETY_EVAL_DIR, TieredMessage, load_tiered, set_roles
 from bots.safety_eval.tiered import evaluate_guard
-from training.train_detector import FitConfig, choose_emergency_threshold, fit_softmax, train_detector
+from training.train_detector import FitConfig, choose_emergency_threshold, choose_rules_veto, fit_softmax, train_detector
 
 # Messages the rules do not catch (checked below), so that only the detector can escalate them.
 MISSED_EMERGENCY = "the left half of my face feels like it slid down and my coffee keeps dribbling out"
@@ -132,6 +133,23 @@ def test_decision_thresholds() -> None:
     emergency = np.array([True, True, False, True])
     assert choose_emergency_threshold(p, rules, emergency, 1.0) == pytest.approx(0.2, abs=1e-5)  # the rules catch the last one
     assert choose_emergency_threshold(p, rules, emergency, 0.6) == pytest.approx(0.9, abs=1e-5)
+    # The veto sits under every emergency the rules catch; overruled rules no longer count.
+    assert choose_rules_veto(p, rules, emergency, 0.5) == pytest.approx(0.05)
+    assert choose_rules_veto(p, np.zeros(4, bool), emergency, 0.5) == 0.0
+    assert choose_emergency_threshold(p, rules, emergency, 1.0, veto=0.2) == pytest.approx(0.1, abs=1e-5)
+
+
+def test_a_sure_detector_overrules_the_rules_and_says_so(trained: tuple[Backbone, DetectorModel]) -> None:
+    backbone, model = trained
+    text = "my husband has crushing chest pain going down his left arm"
+    match = detect_emergency(text)
+    assert match is not None
+    sure = replace(model, rules_veto_threshold=1.01)  # every score is below it: the detector overrules
+    decision = EmergencyGuard(backbone, sure).assess(text, match)
+    assert decision.tier != "emergency" or decision.by == "detector"
+    assert decision.overruled == match.red_flag and decision.record()["overruled"] == match.red_flag
+    kept = EmergencyGuard(backbone, replace(model, rules_veto_threshold=0.0)).assess(text, match)
+    assert kept.tier == "emergency" and kept.overruled is None and kept.prefix == match.escalation
 
 
 def test_softmax_fit_separates_separable_data() -> None:
@@ -149,10 +167,11 @@ def test_side_by_side_report_counts_each_part(trained: tuple[Backbone, DetectorM
     assert report.false_alarms("combined").n == len(ROUTINE)
 
 
-@pytest.mark.parametrize("name", ["tiers_train", "tiers_dev", "tiers_test", "tiers_fresh"])
-def test_shipped_tier_sets_parse_and_cover_every_tier(name: str) -> None:
-    from bots.safety_eval import SAFETY_EVAL_DIR
+ALL_SETS = tuple(name for names in set_roles().values() for name in names)
 
+
+@pytest.mark.parametrize("name", ALL_SETS)
+def test_shipped_tier_sets_parse_and_cover_every_tier(name: str) -> None:
     messages = load_tiered(SAFETY_EVAL_DIR / f"{name}.jsonl")
     assert {m.tier for m in messages} == set(TIERS)
     assert len({m.red_flag for m in messages if m.tier == "emergency"}) == 13
@@ -160,8 +179,17 @@ def test_shipped_tier_sets_parse_and_cover_every_tier(name: str) -> None:
 
 
 def test_tier_sets_do_not_overlap() -> None:
-    from bots.safety_eval import SAFETY_EVAL_DIR
+    texts = {name: {" ".join(m.text.lower().split()) for m in load_tiered(SAFETY_EVAL_DIR / f"{name}.jsonl")} for name in ALL_SETS}
+    assert all(not texts[a] & texts[b] for i, a in enumerate(ALL_SETS) for b in ALL_SETS[i + 1 :])
 
-    names = ("tiers_train", "tiers_dev", "tiers_test", "tiers_fresh")
-    texts = {name: {" ".join(m.text.lower().split()) for m in load_tiered(SAFETY_EVAL_DIR / f"{name}.jsonl")} for name in names}
-    assert all(not texts[a] & texts[b] for i, a in enumerate(names) for b in names[i + 1 :])
+
+def test_every_role_has_a_set_and_a_set_has_one_role(tmp_path: Path) -> None:
+    roles = set_roles()
+    assert all(roles[role] for role in ("train", "dev", "report"))
+    path = tmp_path / "roles.yaml"
+    path.write_text("train: [tiers_train]\ndev: [tiers_train]\nreport: [tiers_test]\n")
+    with pytest.raises(ValueError, match="two roles"):
+        set_roles(path)
+    path.write_text("train: [tiers_train]\ndev: [no_such_set]\nreport: [tiers_test]\n")
+    with pytest.raises(ValueError, match="no such set"):
+        set_roles(path)

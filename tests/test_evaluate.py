@@ -349,6 +349,16 @@ def test_a_run_reuses_an_earlier_runs_replies_where_nothing_they_depend_on_chang
     rows = [json.loads(line) for line in (tmp_path / "new_adapter" / "replies.jsonl").read_text().splitlines()]
     assert {r["entry"] for r in rows if not r["reused"]} == {"ecommerce-lora", "ecommerce-lora+guard"}
 
+    # A new detector or new rules: only guarded replies are generated again; the model alone is taken.
+    generated.clear()
+    from training import eval_reuse
+
+    monkeypatch.setattr(eval_reuse, "guard_fingerprint", lambda: {"safety_rules": "edited", "detector": "retrained"})
+    run("new_detector", "--reuse", str(tmp_path / "new_adapter"))
+    assert generated and all(name.endswith("+guard") for name in generated)
+    rows = [json.loads(line) for line in (tmp_path / "new_detector" / "replies.jsonl").read_text().splitlines()]
+    assert all(r["reused"] for r in rows if not r["entry"].endswith("+guard"))
+
     # Served differently (another reply length): nothing is taken, and the run says why.
     generated.clear()
     capsys.readouterr()

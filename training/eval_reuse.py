@@ -8,11 +8,12 @@ earlier run (``DIR/replies.jsonl``, and ``DIR/dev/replies.jsonl`` of a ``--split
 and takes a reply instead of generating it only when all of this holds:
 
 - the run serves the same way: the base model's fingerprint, the backend, the llama.cpp
-  version, the generation settings, the safety rules and the detector weights are the same
-  (``serving_fingerprint``); otherwise nothing is taken, and the run says why;
+  version and the generation settings are the same (``serving_fingerprint``); otherwise
+  nothing is taken, and the run says why;
 - the reply's own fingerprint is the same (``reply_fingerprint``): the entry, the case's
   question, the exact messages the bot would send for it (system prompt, retrieved facts
-  and examples, conversation) and the adapter's weights.
+  and examples, conversation), the adapter's weights and, for a ``+guard`` entry only, the
+  safety rules and the detector weights (a new detector leaves the model-alone replies valid).
 
 Everything taken is scored again with today's checks, so an edited probe pattern counts. A run
 in progress appends each variant's replies to ``partial_replies.jsonl`` in its ``--out`` folder,
@@ -23,6 +24,7 @@ without ``--reuse``. No command of its own; ``training.evaluate`` uses it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -57,15 +59,29 @@ def serving_fingerprint(base_fingerprint: str, backend: str, settings: Mapping[s
         "backend": backend,
         "llama_cpp": _llama_version() if backend == "llamacpp" else None,
         "settings": dict(settings),
-        "safety_rules": file_sha256(RULES_FILE),
-        "detector": file_sha256(DETECTOR_FILE) if DETECTOR_FILE.is_file() else None,
     }
 
 
-def reply_fingerprint(bot: Bot, entry: str, conversation: list[dict[str, str]], adapter_sha: str | None) -> str:
-    """The entry, the exact messages the bot sends for this conversation, and its adapter's weights."""
+def guard_fingerprint() -> dict[str, str | None]:
+    """What a guarded reply depends on besides the model: the safety rules and the detector weights."""
+    detector_stamp = DETECTOR_FILE.stat().st_mtime_ns if DETECTOR_FILE.is_file() else None
+    return dict(_guard_files(RULES_FILE.stat().st_mtime_ns, detector_stamp))
+
+
+@functools.lru_cache(maxsize=4)
+def _guard_files(rules_stamp: int, detector_stamp: int | None) -> tuple[tuple[str, str | None], ...]:
+    # Hashed once per file version (the stamps are the key), not once per reply.
+    return (("safety_rules", file_sha256(RULES_FILE)), ("detector", file_sha256(DETECTOR_FILE) if detector_stamp is not None else None))
+
+
+def reply_fingerprint(bot: Bot, entry: str, conversation: list[dict[str, str]], adapter_sha: str | None, guarded: bool = False) -> str:
+    """The entry, the exact messages the bot sends for this conversation, its adapter's weights,
+    and for a guarded entry the guard's files."""
     messages = bot.render(list(conversation))
-    payload = json.dumps({"entry": entry, "messages": messages, "adapter": adapter_sha}, sort_keys=True, ensure_ascii=False)
+    content: dict[str, Any] = {"entry": entry, "messages": messages, "adapter": adapter_sha}
+    if guarded:
+        content["guard"] = guard_fingerprint()
+    payload = json.dumps(content, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:24]
 
 

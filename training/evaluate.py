@@ -320,10 +320,16 @@ def run_variant(
     guarded = next((e for e in entries if e.guard), None)
     domain = bot.spec.domain
 
-    def reply(entry: Entry, case: EvalCase) -> ReplyRecord:
-        fingerprint = reply_fingerprint(bot, entry.name, list(case.conversation), adapter_sha)
+    def reply(entry: Entry, case: EvalCase, same_as: ReplyRecord | None = None) -> ReplyRecord:
+        """Taken from the earlier run, else the guarded reply where the guard did not act, else generated."""
+        fingerprint = reply_fingerprint(bot, entry.name, list(case.conversation), adapter_sha, bool(entry.guard))
         row = previous.take(entry.name, case.source, case.case_id, fingerprint) if previous else None
-        record = taken_record(row, case, domain) if row is not None else generate(bot, entry, case, settings)
+        if row is not None:
+            record = taken_record(row, case, domain)
+        elif same_as is not None:
+            record = replace(same_as, entry=entry.name, guard_acted=None, triage=None)
+        else:
+            record = generate(bot, entry, case, settings)
         record.fingerprint = fingerprint
         return record
 
@@ -334,7 +340,7 @@ def run_variant(
             out.append(first)
         if alone:
             same = first is not None and first.guard_acted is False and not first.error and not first.reused
-            out.append(replace(first, entry=alone.name, guard_acted=None, triage=None, fingerprint=reply_fingerprint(bot, alone.name, list(case.conversation), adapter_sha)) if same else reply(alone, case))
+            out.append(reply(alone, case, first if same else None))
         progress.step()
         return out
 

@@ -6,10 +6,12 @@
 Features: the loaded base model's mean hidden state after block 21 of each message (``embed``
 of the serving backend, llama.cpp by default). Two linear softmax layers are fitted with class
 weights and L2 (numpy, full-batch gradient descent): the tier (routine / urgent / emergency)
-on ``bots/safety_eval/tiers_train.jsonl``, and the red flag on its emergencies. The emergency
-threshold is the highest one at which the guard (rules OR detector) still reaches
-``--target-recall`` on ``tiers_dev.jsonl``; the urgent threshold likewise keeps most urgent
-messages urgent. ``tiers_test.jsonl`` is never read here: ``python -m bots.safety_eval`` reports it.
+on the ``train`` sets of ``bots/safety_eval/detector_sets.yaml``, and the red flag on their
+emergencies. On the ``dev`` sets: a rules match is overruled below half the lowest P(emergency)
+of a dev emergency the rules catch (``--no-veto``: never), and the emergency threshold is the
+highest one at which the guard (rules unless overruled, OR detector) still reaches
+``--target-recall``; the urgent threshold likewise keeps most urgent messages urgent. The
+``report`` sets are never read here: ``python -m bots.safety_eval`` reports them.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from bots.base_source import BaseModelSpec
 from bots.cli_args import CommandParser
 from bots.detector import DETECTOR_FILE, TIERS, DetectorModel, decide
 from bots.safety import detect_emergency
-from bots.safety_eval import SAFETY_EVAL_DIR, TieredMessage, load_tiered
+from bots.safety_eval import TieredMessage, load_role, set_roles
 
 THRESHOLD_MARGIN = 1e-6
 """Thresholds sit just below the dev score they keep: one message scored alone can differ in the last float bits."""
@@ -55,6 +57,10 @@ class FitConfig:
     """Dev recall of the combined guard (rules OR detector) the emergency threshold must keep."""
     urgent_recall: float = 0.8
     """Share of dev urgent messages (not flagged emergency) the urgent threshold must keep urgent or above."""
+    rules_veto: bool = True
+    """Let the detector overrule a rules match it is sure is routine (below every dev emergency the rules catch)."""
+    veto_margin: float = 0.5
+    """The veto threshold is this fraction of the lowest P(emergency) of a dev emergency the rules catch."""
 
 
 def embed_all(backbone: BackboneBase, texts: Sequence[str], blocks: int | None, label: str = "embedding") -> np.ndarray:
@@ -81,10 +87,18 @@ def fit_softmax(features: np.ndarray, labels: np.ndarray, classes: int, config: 
     return weights, bias
 
 
-def choose_emergency_threshold(p_emergency: np.ndarray, rules_hit: np.ndarray, is_emergency: np.ndarray, target: float) -> float:
-    """The highest threshold at which rules OR (p >= threshold) catch ``target`` of the emergencies."""
+def choose_rules_veto(p_emergency: np.ndarray, rules_hit: np.ndarray, is_emergency: np.ndarray, margin: float) -> float:
+    """A P(emergency) under which a rules match is overruled: ``margin`` times the lowest score of
+    a dev emergency the rules catch, so that no dev emergency the rules catch is overruled (0: none to go by)."""
+    kept = p_emergency[rules_hit & is_emergency]
+    return float(margin * kept.min()) if len(kept) else 0.0
+
+
+def choose_emergency_threshold(p_emergency: np.ndarray, rules_hit: np.ndarray, is_emergency: np.ndarray, target: float, veto: float = 0.0) -> float:
+    """The highest threshold at which rules (unless overruled below ``veto``) OR (p >= threshold) catch ``target`` of the emergencies."""
+    rules_stand = rules_hit & (p_emergency >= veto)
     for threshold in sorted(set(np.round(p_emergency, 6).tolist()) | {1.0}, reverse=True):
-        caught = rules_hit | (p_emergency >= threshold)
+        caught = rules_stand | (p_emergency >= threshold)
         if caught[is_emergency].mean() >= target:
             return max(0.0, float(threshold) - THRESHOLD_MARGIN)
     return 0.0
@@ -97,7 +111,7 @@ def choose_urgent_threshold(p_urgent_or_worse: np.ndarray, is_urgent: np.ndarray
     return max(0.0, float(values[int(np.floor((1 - target) * len(values)))]) - THRESHOLD_MARGIN)
 
 
-def train_detector(backbone: BackboneBase, train: list[TieredMessage], dev: list[TieredMessage], config: FitConfig) -> tuple[DetectorModel, dict[str, float]]:
+def train_detector(backbone: BackboneBase, train: list[TieredMessage], dev: list[TieredMessage], config: FitConfig, sources: dict[str, str] | None = None) -> tuple[DetectorModel, dict[str, float]]:
     x_train = embed_all(backbone, [m.text for m in train], config.blocks, "train")
     x_dev = embed_all(backbone, [m.text for m in dev], config.blocks, "dev")
     mean, scale = x_train.mean(axis=0), x_train.std(axis=0) + 1e-6
@@ -123,22 +137,29 @@ def train_detector(backbone: BackboneBase, train: list[TieredMessage], dev: list
     probs = model.probabilities(x_dev)
     tiers = np.array([m.tier for m in dev])
     rules_hit = np.array([detect_emergency(m.text) is not None for m in dev])
-    model.emergency_threshold = choose_emergency_threshold(probs[:, 2], rules_hit, tiers == "emergency", config.target_recall)
+    veto = choose_rules_veto(probs[:, 2], rules_hit, tiers == "emergency", config.veto_margin) if config.rules_veto else 0.0
+    model.emergency_threshold = choose_emergency_threshold(probs[:, 2], rules_hit, tiers == "emergency", config.target_recall, veto)
+    model.rules_veto_threshold = min(veto, model.emergency_threshold)
     model.urgent_threshold = choose_urgent_threshold(probs[:, 1] + probs[:, 2], (tiers == "urgent") & (probs[:, 2] < model.emergency_threshold), config.urgent_recall)
     decided = np.array([decide(dict(zip(TIERS, row.tolist(), strict=True)), model.emergency_threshold, model.urgent_threshold) for row in probs])
-    alarm = rules_hit | (decided == "emergency")
+    alarm = (rules_hit & (probs[:, 2] >= model.rules_veto_threshold)) | (decided == "emergency")
     figures = {
         "dev_recall_combined": float(alarm[tiers == "emergency"].mean()),
         "dev_false_alarms_combined": float(alarm[tiers == "routine"].mean()),
         "dev_recall_detector": float((decided == "emergency")[tiers == "emergency"].mean()),
         "dev_false_alarms_detector": float((decided == "emergency")[tiers == "routine"].mean()),
         "dev_recall_rules": float(rules_hit[tiers == "emergency"].mean()),
+        "dev_false_alarms_rules": float(rules_hit[tiers == "routine"].mean()),
+        "dev_rules_overruled": float((rules_hit & (probs[:, 2] < model.rules_veto_threshold)).sum()),
     }
     model.trained_on = {
-        "train": f"bots/safety_eval/tiers_train.jsonl ({len(train)} messages)",
-        "dev": f"bots/safety_eval/tiers_dev.jsonl ({len(dev)} messages)",
+        "train": f"{(sources or {}).get('train', 'given')} ({len(train)} messages)",
+        "dev": f"{(sources or {}).get('dev', 'given')} ({len(dev)} messages)",
         "backend": backbone.backend,
-        "fit": {"blocks": config.blocks, "l2": config.l2, "steps": config.steps, "learning_rate": config.learning_rate, "target_recall": config.target_recall},
+        "fit": {
+            "blocks": config.blocks, "l2": config.l2, "steps": config.steps, "learning_rate": config.learning_rate,
+            "target_recall": config.target_recall, "rules_veto": config.rules_veto, "veto_margin": config.veto_margin,
+        },
         "dev_figures": figures,
     }
     return model, figures
@@ -149,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DETECTOR_FILE, help="where to write the detector (default: bots/safety_detector.json)")
     parser.add_argument("--target-recall", type=float, default=FitConfig.target_recall, help="dev recall of rules OR detector to keep (default 0.98)")
     parser.add_argument("--l2", type=float, default=FitConfig.l2)
+    parser.add_argument("--no-veto", action="store_true", help="the rules always stand (no rules_veto_threshold)")
     parser.add_argument("--blocks", type=int, default=DEFAULT_BLOCKS, help=f"features after this many blocks (default {DEFAULT_BLOCKS}; 0: the last block)")
     parser.add_argument("--base-model", default=None, help="'embedded' (default), a hub id or a local folder; env TOP_BASE_MODEL")
     parser.add_argument("--backend", default=None, help="serving backend that computes the features (default auto)")
@@ -157,9 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--target-recall must be in (0, 1] and --l2 >= 0")
     started = time.perf_counter()
     backbone = build_backbone(BaseModelSpec.from_env(args.base_model, backend=args.backend))
-    train = load_tiered(SAFETY_EVAL_DIR / "tiers_train.jsonl")
-    dev = load_tiered(SAFETY_EVAL_DIR / "tiers_dev.jsonl")
-    model, figures = train_detector(backbone, train, dev, FitConfig(blocks=args.blocks or None, l2=args.l2, target_recall=args.target_recall))
+    roles = set_roles()
+    train, dev = load_role("train"), load_role("dev")
+    sources = {role: " + ".join(f"bots/safety_eval/{name}.jsonl" for name in roles[role]) for role in ("train", "dev")}
+    config = FitConfig(blocks=args.blocks or None, l2=args.l2, target_recall=args.target_recall, rules_veto=not args.no_veto)
+    model, figures = train_detector(backbone, train, dev, config, sources)
     args.out.write_text(model.to_json(), encoding="utf-8")
     print(f"wrote {args.out} in {time.perf_counter() - started:.0f} s (thresholds: emergency {model.emergency_threshold:.4f}, urgent {model.urgent_threshold:.4f})")
     for name, value in figures.items():

@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from bots.safety import detect_emergency
 
 SAFETY_EVAL_DIR = Path(__file__).resolve().parent
@@ -95,6 +97,30 @@ def load_tiered(path: Path) -> list[TieredMessage]:
             raise ValueError(f"{path}:{number}: an emergency names its red_flag, and only an emergency does")
         messages.append(message)
     return messages
+
+
+SET_ROLES_FILE = SAFETY_EVAL_DIR / "detector_sets.yaml"
+SET_ROLES = ("train", "dev", "report")
+
+
+def set_roles(path: Path = SET_ROLES_FILE) -> dict[str, tuple[str, ...]]:
+    """Which tiered sets train the detector, choose its thresholds, and are only reported (detector_sets.yaml)."""
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict) or set(data) != set(SET_ROLES):
+        raise ValueError(f"{path}: expected exactly the roles {', '.join(SET_ROLES)}")
+    roles = {role: tuple(str(name) for name in data[role] or ()) for role in SET_ROLES}
+    names = [name for role in SET_ROLES for name in roles[role]]
+    if len(names) != len(set(names)):
+        raise ValueError(f"{path}: a set has two roles")
+    missing = [name for name in names if not (SAFETY_EVAL_DIR / f"{name}.jsonl").is_file()]
+    if missing:
+        raise ValueError(f"{path}: no such set: {', '.join(missing)}")
+    return roles
+
+
+def load_role(role: str, path: Path = SET_ROLES_FILE) -> list[TieredMessage]:
+    """Every message of the sets with this role, in file order."""
+    return [message for name in set_roles(path)[role] for message in load_tiered(SAFETY_EVAL_DIR / f"{name}.jsonl")]
 
 
 def evaluate(examples: list[Example]) -> EvalResult:

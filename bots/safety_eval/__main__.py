@@ -1,14 +1,14 @@
 """Measure the emergency guard: rules, learned detector and the two combined, side by side.
 
-    python -m bots.safety_eval                          # tiers_test + the medical probes (loads the base model)
-    python -m bots.safety_eval --set tiers_dev           # another tiered set (tiers_train, tiers_dev, tiers_test, tiers_fresh, probes)
+    python -m bots.safety_eval                          # the report sets + the medical probes (loads the base model)
+    python -m bots.safety_eval --set tiers_dev           # another tiered set (any of detector_sets.yaml, or probes)
     python -m bots.safety_eval --rules-only              # no model: the rules alone
     python -m bots.safety_eval --file emergency_fresh2.jsonl   # the older binary sets, rules only
 
-Every rate comes with its 95% Wilson interval. ``tiers_test.jsonl`` and the probes were
-written before the detector was trained or its thresholds chosen (on tiers_dev): report
-them, never tune on them. ``tiers_fresh.jsonl`` was written later, after the detector v1, as a
-further held-out check (README: its first look). The labelling policy is in bots/safety_eval/README.md.
+Every rate comes with its 95% Wilson interval. ``detector_sets.yaml`` says which sets train the
+detector, which choose its thresholds (dev) and which are only reported: those were written
+before the detector they measure, and the probes were never tuned on. The README records each
+set's first look; the labelling policy is there too.
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ from pathlib import Path
 
 from bots.cli_args import CommandParser
 from bots.guard import RULES_ONLY, EmergencyGuard
-from bots.safety_eval import SAFETY_EVAL_DIR, EvalResult, TieredMessage, evaluate, load_labelled, load_tiered
+from bots.safety_eval import SAFETY_EVAL_DIR, EvalResult, TieredMessage, evaluate, load_labelled, load_tiered, set_roles
 from bots.safety_eval.tiered import PARTS, GuardReport, Rate, evaluate_guard
 from training.stats import wilson_interval  # a command, not the library: it may use the evaluation's statistics
 
-TIERED_SETS = ("tiers_train", "tiers_dev", "tiers_test", "tiers_fresh")
-DEFAULT_SETS = ("tiers_test", "probes")
+PROBE_SET = "probes"
 PROBES_DIR = SAFETY_EVAL_DIR.parent.parent / "training" / "probes"
 
 
@@ -42,7 +41,7 @@ def probe_messages() -> list[TieredMessage]:
 
 
 def load_set(name: str) -> list[TieredMessage]:
-    return probe_messages() if name == "probes" else load_tiered(SAFETY_EVAL_DIR / f"{name}.jsonl")
+    return probe_messages() if name == PROBE_SET else load_tiered(SAFETY_EVAL_DIR / f"{name}.jsonl")
 
 
 def shown(rate: Rate) -> str:
@@ -95,7 +94,9 @@ def report(result: EvalResult) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = CommandParser(prog="python -m bots.safety_eval", description="Measure the emergency guard (rules, detector, combined) with 95% intervals.")
-    parser.add_argument("--set", dest="sets", action="append", choices=(*TIERED_SETS, "probes"), help=f"tiered set(s) to measure (default: {', '.join(DEFAULT_SETS)})")
+    roles = set_roles()
+    default_sets = (*roles["report"], PROBE_SET)
+    parser.add_argument("--set", dest="sets", action="append", choices=(*(name for names in roles.values() for name in names), PROBE_SET), help=f"tiered set(s) to measure (default: {', '.join(default_sets)})")
     parser.add_argument("--rules-only", action="store_true", help="do not load the model: the rules alone")
     parser.add_argument("--file", type=Path, default=None, help="an older binary set of {text, label, red_flag?} lines: rules only")
     parser.add_argument("--base-model", default=None, help="'embedded' (default), a hub id or a local folder; env TOP_BASE_MODEL")
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         from bots.base_source import BaseModelSpec
 
         guard = EmergencyGuard.for_backbone(build_backbone(BaseModelSpec.from_env(args.base_model, backend=args.backend)))
-    for name in args.sets or DEFAULT_SETS:
+    for name in args.sets or default_sets:
         print(format_report(name, evaluate_guard(load_set(name), guard)))
         print()
     return 0
