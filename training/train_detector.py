@@ -178,9 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.target_recall <= 1 or args.l2 < 0:
         parser.error("--target-recall must be in (0, 1] and --l2 >= 0")
     started = time.perf_counter()
+    try:  # the sets first: a broken one is an error before the model loads
+        roles = set_roles()
+        train, dev = load_role("train"), load_role("dev")
+    except (OSError, ValueError) as exc:
+        parser.error(str(exc))
     backbone = build_backbone(BaseModelSpec.from_env(args.base_model, backend=args.backend))
-    roles = set_roles()
-    train, dev = load_role("train"), load_role("dev")
     sources = {role: " + ".join(f"bots/safety_eval/{name}.jsonl" for name in roles[role]) for role in ("train", "dev")}
     config = FitConfig(blocks=args.blocks or None, l2=args.l2, target_recall=args.target_recall, rules_veto=not args.no_veto)
     model, figures = train_detector(backbone, train, dev, config, sources)

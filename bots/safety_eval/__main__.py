@@ -94,7 +94,10 @@ def report(result: EvalResult) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = CommandParser(prog="python -m bots.safety_eval", description="Measure the emergency guard (rules, detector, combined) with 95% intervals.")
-    roles = set_roles()
+    try:
+        roles = set_roles()
+    except (OSError, ValueError) as exc:
+        parser.error(str(exc))
     default_sets = (*roles["report"], PROBE_SET)
     parser.add_argument("--set", dest="sets", action="append", choices=(*(name for names in roles.values() for name in names), PROBE_SET), help=f"tiered set(s) to measure (default: {', '.join(default_sets)})")
     parser.add_argument("--rules-only", action="store_true", help="do not load the model: the rules alone")
