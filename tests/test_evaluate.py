@@ -378,26 +378,41 @@ def test_an_interrupted_run_resumes_with_reuse_on_its_own_folder(full_runtime: R
     real_generate = evaluate.generate
     generated: list[str] = []
 
-    def stopped_at_medical(bot: Bot, entry: evaluate.Entry, *args: object) -> evaluate.ReplyRecord:
-        if entry.variant == "medical-prompt":
-            raise KeyboardInterrupt  # the run is stopped half-way
+    def stopped_in_medical(bot: Bot, entry: evaluate.Entry, *args: object) -> evaluate.ReplyRecord:
+        if entry.variant == "medical-prompt" and "medical-prompt" in generated:
+            raise KeyboardInterrupt  # the run is stopped half-way through its second variant
         generated.append(entry.name)
         return real_generate(bot, entry, *args)
 
-    monkeypatch.setattr(evaluate, "generate", stopped_at_medical)
+    monkeypatch.setattr(evaluate, "generate", stopped_in_medical)
     with pytest.raises(KeyboardInterrupt):
         evaluate.main(argv, runtime=full_runtime)
     kept = [json.loads(line) for line in (out / PARTIAL_REPLIES).read_text().splitlines()]
-    assert kept and {row["entry"] for row in kept} == {"ecommerce-prompt"} and not (out / "results.json").exists()
+    assert kept and {row["entry"] for row in kept} == {"ecommerce-prompt", "medical-prompt"} and not (out / "results.json").exists()
+    assert sum(row["entry"] == "medical-prompt" for row in kept) == 1  # the one case done before the stop is kept
     done_before = len(generated)
 
     def counting(bot: Bot, entry: evaluate.Entry, *args: object) -> evaluate.ReplyRecord:
         generated.append(entry.name)
         return real_generate(bot, entry, *args)
 
+    # Stopped again before its first case: what the first run kept is still there.
+    def stopped_at_once(*args: object, **kwargs: object) -> dict:
+        raise KeyboardInterrupt
+
+    real_run_variant = evaluate.run_variant
+    monkeypatch.setattr(evaluate, "run_variant", stopped_at_once)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.main([*argv, "--reuse", str(out)], runtime=full_runtime)
+    kept_again = {(r["entry"], r["source"], r["case_id"]) for r in map(json.loads, (out / PARTIAL_REPLIES).read_text().splitlines())}
+    assert kept_again == {(r["entry"], r["source"], r["case_id"]) for r in kept}
+
+    monkeypatch.setattr(evaluate, "run_variant", real_run_variant)
     monkeypatch.setattr(evaluate, "generate", counting)
     assert evaluate.main([*argv, "--reuse", str(out)], runtime=full_runtime) == 0
     assert set(generated[done_before:]) == {"medical-prompt"}  # ecommerce-prompt came from the interrupted run
     results = json.loads((out / "results.json").read_text())
-    assert results["meta"]["reuse"]["replies"]["ecommerce-prompt"] == len(kept) and results["meta"]["reuse"]["replies"]["medical-prompt"] == 0
+    assert len(generated[done_before:]) == sum(results["meta"]["counts"]["medical-prompt"].values()) - 1  # and one medical case
+    kept_ecommerce = {(r["source"], r["case_id"]) for r in kept if r["entry"] == "ecommerce-prompt"}  # each case once per case, once more at the variant's end
+    assert results["meta"]["reuse"]["replies"]["ecommerce-prompt"] == len(kept_ecommerce) and results["meta"]["reuse"]["replies"]["medical-prompt"] == 1
     assert not (out / PARTIAL_META).exists() and not (out / PARTIAL_REPLIES).exists()  # a finished run cleans up

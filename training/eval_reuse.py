@@ -94,6 +94,8 @@ class Previous:
     records: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     refused: str = ""
     """Why nothing can be taken (empty when the run is compatible)."""
+    partial_taken: bool = False
+    """Whether an interrupted run's partial file was read (it served as this run does)."""
 
     def take(self, entry: str, source: str, case_id: str, fingerprint: str) -> dict[str, Any] | None:
         """The earlier reply to this case by this entry, if its fingerprint is the same (a failed one is tried again)."""
@@ -124,6 +126,7 @@ def load_previous(folder: Path, serving: Mapping[str, Any]) -> Previous:
             refusals.append(f"the run in {folder} of {meta.get('date', '?')} served differently ({', '.join(differs) or 'no serving fingerprint'})")
             continue
         previous.date = str(meta.get("date", ""))
+        previous.partial_taken = previous.partial_taken or PARTIAL_REPLIES in {p.name for p in paths}
         for path in paths:
             if path.is_file():
                 for line in path.read_text(encoding="utf-8").splitlines():
@@ -135,11 +138,15 @@ def load_previous(folder: Path, serving: Mapping[str, Any]) -> Previous:
     return previous
 
 
-def start_partial(folder: Path, serving: Mapping[str, Any], date: str) -> None:
-    """A run begins: its replies will be appended to the folder's partial file as they come."""
+def start_partial(folder: Path, serving: Mapping[str, Any], date: str, keep: bool = False) -> None:
+    """A run begins: its replies will be appended to the folder's partial file as they come.
+
+    ``keep``: a run that resumes this folder's own compatible partial file appends to it, so
+    that a second stop loses nothing the first run had kept."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / PARTIAL_META).write_text(json.dumps({"serving": dict(serving), "date": date}, indent=2) + "\n", encoding="utf-8")
-    (folder / PARTIAL_REPLIES).write_text("", encoding="utf-8")
+    if not keep or not (folder / PARTIAL_REPLIES).is_file():
+        (folder / PARTIAL_REPLIES).write_text("", encoding="utf-8")
 
 
 def append_partial(folder: Path, rows: list[dict[str, Any]]) -> None:

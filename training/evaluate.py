@@ -308,6 +308,7 @@ def run_variant(
     parallel: int = 1,
     previous: Previous | None = None,
     adapter_sha: str | None = None,
+    on_case: Callable[[list[ReplyRecord]], None] | None = None,
 ) -> dict[str, list[ReplyRecord]]:
     """Replies of one variant for its entries (model alone and/or '+guard'), in case order.
 
@@ -315,6 +316,7 @@ def run_variant(
     same greedy reply, so it is reused instead of generated again. With ``parallel`` > 1 that
     many cases are in flight at once (the llama.cpp backend batches them; replies stay the same).
     With ``previous``, a reply whose fingerprint an earlier run shares is taken from it.
+    ``on_case`` gets each case's replies as soon as they exist (the run's partial file).
     """
     alone = next((e for e in entries if not e.guard), None)
     guarded = next((e for e in entries if e.guard), None)
@@ -341,6 +343,8 @@ def run_variant(
         if alone:
             same = first is not None and first.guard_acted is False and not first.error and not first.reused
             out.append(reply(alone, case, first if same else None))
+        if on_case is not None:
+            on_case(out)
         progress.step()
         return out
 
@@ -659,21 +663,31 @@ def run_evaluation(runtime: Runtime, config: EvalConfig) -> dict[str, Any]:
     if previous and previous.refused:
         print(f"--reuse: {previous.refused}", file=sys.stderr)
     adapter_shas = {name: row["sha256"] for name, row in adapters_of(runtime, plan).items()}
-    start_partial(config.out_dir, serving, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    resumes_own = previous is not None and previous.partial_taken and Path(previous.folder).resolve() == Path(config.out_dir).resolve()
+    start_partial(config.out_dir, serving, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), keep=resumes_own)
     records: dict[str, list[ReplyRecord]] = {}
     progress = Progress(total, config.progress)
+    partial_lock = threading.Lock()
+
+    def keep_case(rows: list[ReplyRecord]) -> None:
+        # Each case as soon as it is done, so a stopped run loses at most the cases in flight;
+        # the variant's final rows (with perplexity) are appended after it and take precedence.
+        with partial_lock:
+            append_partial(config.out_dir, [asdict(r) for r in rows])
+
     try:
         for variant, entries in by_variant.items():
             bot = runtime.bot(variant)
             domain_cases = cases[bot.spec.domain]
             progress.describe(variant)
             flat = [case for source_cases in domain_cases.sources.values() for case in source_cases]
-            variant_records = run_variant(bot, entries, flat, settings, progress, parallel, previous, adapter_shas.get(variant))
+            variant_records = run_variant(bot, entries, flat, settings, progress, parallel, previous, adapter_shas.get(variant), keep_case)
             # The guard does not change the model: reference perplexity is scored once per variant,
             # for the dialogs whose model-alone reply was generated here (a taken one keeps its own).
             if scoring[variant]:
                 alone = next((e.name for e in entries if not e.guard), entries[0].name)
-                taken = {r.case_id: (r.reference_nll, r.reference_tokens) for r in variant_records[alone] if r.reused and r.source == TEST_SOURCE}
+                # A reply kept before its variant finished has no perplexity yet: it is scored here.
+                taken = {r.case_id: (r.reference_nll, r.reference_tokens) for r in variant_records[alone] if r.reused and r.source == TEST_SOURCE and r.reference_nll is not None}
                 progress.describe(f"{variant}: perplexity")
                 todo = [c for c in domain_cases.sources.get(TEST_SOURCE, []) if c.case_id not in taken]
                 progress.advance(len(domain_cases.sources.get(TEST_SOURCE, [])) - len(todo))
