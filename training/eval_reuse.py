@@ -16,7 +16,7 @@ and takes a reply instead of generating it only when all of this holds:
   safety rules and the detector weights (a new detector leaves the model-alone replies valid).
 
 Everything taken is scored again with today's checks, so an edited probe pattern counts. A run
-in progress appends each variant's replies to ``partial_replies.jsonl`` in its ``--out`` folder,
+in progress appends each case's replies, as soon as they exist, to ``partial_replies.jsonl`` in its ``--out`` folder,
 so a run that was stopped resumes with ``--reuse`` on that folder.
 What the fingerprints cannot see is a change to the generation code itself: after one, run
 without ``--reuse``. No command of its own; ``training.evaluate`` uses it.
