@@ -16,8 +16,8 @@ and takes a reply instead of generating it only when all of this holds:
   safety rules and the detector weights (a new detector leaves the model-alone replies valid).
 
 Everything taken is scored again with today's checks, so an edited probe pattern counts. A run
-in progress appends each case's replies, as soon as they exist, to ``partial_replies.jsonl`` in its ``--out`` folder,
-so a run that was stopped resumes with ``--reuse`` on that folder.
+in progress appends each case's replies, as soon as they exist, to ``partial_replies.jsonl`` in
+its ``--out`` folder, so a run that was stopped resumes with ``--reuse`` on that folder.
 What the fingerprints cannot see is a change to the generation code itself: after one, run
 without ``--reuse``. No command of its own; ``training.evaluate`` uses it.
 """
@@ -40,7 +40,7 @@ from bots.safety import RULES_FILE
 DEV_FOLDER = "dev"
 PARTIAL_META = "partial.json"
 PARTIAL_REPLIES = "partial_replies.jsonl"
-"""A run in progress writes each variant's replies here as soon as it has them, so that an
+"""A run in progress writes each case's replies here as soon as it has them, so that an
 interrupted run can be resumed with ``--reuse`` on its own folder; a finished run removes them."""
 
 
@@ -113,20 +113,20 @@ def load_previous(folder: Path, serving: Mapping[str, Any]) -> Previous:
     if not has_run(folder):
         raise FileNotFoundError(f"--reuse {folder}: no results.json or {PARTIAL_META} there (a report folder of training.evaluate)")
     previous = Previous(folder)
-    runs = []  # (its meta, its reply files), the finished run first: an interrupted one is newer
+    runs = []  # (its meta, its reply files, interrupted?), the finished run first: an interrupted one is newer
     if (folder / "results.json").is_file():
-        runs.append((json.loads((folder / "results.json").read_text(encoding="utf-8")).get("meta", {}), [folder / "replies.jsonl", folder / DEV_FOLDER / "replies.jsonl"]))
+        runs.append((json.loads((folder / "results.json").read_text(encoding="utf-8")).get("meta", {}), [folder / "replies.jsonl", folder / DEV_FOLDER / "replies.jsonl"], False))
     if (folder / PARTIAL_META).is_file():
-        runs.append((json.loads((folder / PARTIAL_META).read_text(encoding="utf-8")), [folder / PARTIAL_REPLIES]))
+        runs.append((json.loads((folder / PARTIAL_META).read_text(encoding="utf-8")), [folder / PARTIAL_REPLIES], True))
     refusals = []
-    for meta, paths in runs:
+    for meta, paths, interrupted in runs:
         theirs = meta.get("serving")
         if theirs != dict(serving):
             differs = sorted(k for k in serving if not isinstance(theirs, dict) or theirs.get(k) != serving[k])
             refusals.append(f"the run in {folder} of {meta.get('date', '?')} served differently ({', '.join(differs) or 'no serving fingerprint'})")
             continue
         previous.date = str(meta.get("date", ""))
-        previous.partial_taken = previous.partial_taken or PARTIAL_REPLIES in {p.name for p in paths}
+        previous.partial_taken = previous.partial_taken or interrupted
         for path in paths:
             if path.is_file():
                 for line in path.read_text(encoding="utf-8").splitlines():

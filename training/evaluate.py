@@ -671,7 +671,7 @@ def run_evaluation(runtime: Runtime, config: EvalConfig) -> dict[str, Any]:
 
     def keep_case(rows: list[ReplyRecord]) -> None:
         # Each case as soon as it is done, so a stopped run loses at most the cases in flight;
-        # the variant's final rows (with perplexity) are appended after it and take precedence.
+        # the perplexity pass appends its rows again afterwards, and the later row counts.
         with partial_lock:
             append_partial(config.out_dir, [asdict(r) for r in rows])
 
@@ -692,12 +692,14 @@ def run_evaluation(runtime: Runtime, config: EvalConfig) -> dict[str, Any]:
                 todo = [c for c in domain_cases.sources.get(TEST_SOURCE, []) if c.case_id not in taken]
                 progress.advance(len(domain_cases.sources.get(TEST_SOURCE, [])) - len(todo))
                 nll = {**{k: v for k, v in taken.items() if v[0] is not None}, **reference_scores(bot, todo, progress)}
+                rescored = []
                 for entry_records in variant_records.values():
                     for record in entry_records:
                         if record.source == TEST_SOURCE and record.case_id in nll:
                             record.reference_nll, record.reference_tokens = nll[record.case_id]
+                            rescored.append(record)
+                append_partial(config.out_dir, [asdict(r) for r in rescored])  # kept again, now with perplexity
             records.update(variant_records)
-            append_partial(config.out_dir, [asdict(r) for entry_records in variant_records.values() for r in entry_records])
     finally:
         progress.close()
     duration = round(time.perf_counter() - started, 1)
