@@ -107,6 +107,11 @@ class BackboneBase(ABC):
     def stream(self, prompt_ids: list[int], adapter: str | None, settings: GenerationSettings, stats: GenerationStats) -> Iterator[str]:
         """Yield text pieces of the reply; closing the iterator stops generation at once."""
 
+    def adapter_serving(self, name: str | None) -> str | None:
+        """How adapter ``name`` is served when not the usual way (applied at run time), e.g.
+        "merged Q8_0"; None otherwise. Part of an evaluation reply's fingerprint."""
+        return None
+
     def embed(self, text: str, blocks: int | None = None) -> np.ndarray:
         """Mean over ``text``'s tokens of the base model's hidden state after ``blocks`` blocks
         (None: all), through the final norm, adapters off: the learned emergency detector's

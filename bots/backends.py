@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bots.backbone_base import BackboneBase
@@ -44,7 +44,9 @@ def _is_gguf_source(spec: BaseModelSpec) -> bool:
 def _build_llamacpp(spec: BaseModelSpec) -> BackboneBase:
     from bots.llama_backbone import LlamaCppBackbone, LlamaServingConfig, load_gguf_base
 
-    config = LlamaServingConfig() if spec.lanes is None else LlamaServingConfig(lanes=spec.lanes)
+    config = LlamaServingConfig(merge_adapters=spec.merge_adapters)
+    if spec.lanes is not None:
+        config = replace(config, lanes=spec.lanes)
     return LlamaCppBackbone(load_gguf_base(spec), config=config)
 
 

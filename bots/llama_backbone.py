@@ -13,6 +13,11 @@ Each reply runs in a lane (a llama.cpp sequence) that keeps its KV cache afterwa
 next request with the same adapter and a common prefix (the prompt variants' 700-token
 system prompt and few-shot dialogs) reuses it and only feeds the new tokens.
 
+With ``merge_adapters`` (env TOP_MERGE_ADAPTERS=1) each LoRA variant is served instead from a
+copy of the base with its adapter folded in (bots/gguf_merge.py, cached), in a context and
+lanes of its own (a pool), made on first use: no run-time adapter products, so it decodes at
+the base's speed, for a base-sized file and a context's KV cache per adapter.
+
 Run ``python -m benchmarks.serving`` to compare it with the transformers path and plain llama.cpp.
 """
 
@@ -42,6 +47,7 @@ from bots.backbone_base import (
 from bots.base_source import EMBEDDED, EMBEDDED_NAME, BaseModelError, BaseModelSpec, cached_file_sha256, embedded_gguf_path
 from bots.generation import GenerationSettings, GenerationStats, TokenPicker, stream_text
 from bots.gguf_lora import HeadLayout, cached_gguf_lora
+from bots.gguf_merge import cached_merged_gguf
 from bots.gguf_truncate import cached_truncated_gguf
 from bots.llama_engine import Context, EmbeddingContext, LlamaEngineError, LlamaModel, Run
 
@@ -60,6 +66,12 @@ class LlamaServingConfig:
     """Most prompt tokens fed per round: bounds how long other replies wait for a long prompt."""
     burst_steps: int = 8
     """Rounds an adapter group runs before the next group's turn (see LlamaCppBackbone._round)."""
+    merge_adapters: bool = False
+    """Serve each adapter from a merged copy of the base (see the module docstring)."""
+    merged_weight_type: str = "Q8_0"
+    """How merged weights are stored. Re-quantising to the base's Q4_1 rounds most of an
+    adapter's small changes away (greedy replies then agree with the base's, not the
+    adapter's); Q8_0 keeps them and decodes as fast as Q4_1 here (measured)."""
 
 
 @dataclass
@@ -125,11 +137,36 @@ class _Lane:
     """A llama.cpp sequence and the tokens its KV cache holds (reused as a prefix cache)."""
 
     seq: int
+    context: Context
     adapter: str | None = None
     cached: list[int] = field(default_factory=list)
     """Exactly the tokens whose keys and values the KV cache holds for this sequence."""
     busy: bool = False
     last_used: float = 0.0
+
+
+@dataclass
+class _Pool:
+    """A model with a context and its lanes: the base's (bare, and adapters applied at run
+    time), or one merged adapter's. The context is made on first use."""
+
+    model: LlamaModel
+    lane_count: int
+    merged: bool = False
+    context: Context | None = None
+    lanes: list[_Lane] = field(default_factory=list)
+
+    def open(self, context_tokens: int, batch_tokens: int) -> Context:
+        if self.context is None:
+            self.context = self.model.new_context(context_tokens, self.lane_count, batch_tokens)
+            self.lanes = [_Lane(seq, self.context) for seq in range(self.lane_count)]
+        return self.context
+
+    def close(self) -> None:
+        if self.context is not None:
+            self.context.close()
+            self.context = None
+            self.lanes = []
 
 
 class LlamaCppBackbone(BackboneBase):
@@ -141,14 +178,15 @@ class LlamaCppBackbone(BackboneBase):
         self.cache_dir = base.cache_dir
         self.parallel_replies = self.config.lanes
         self.model = base.model
-        self.context: Context = self.model.new_context(context_tokens, self.config.lanes, self.config.batch_tokens)
+        # Pools by adapter: None is the base's; a merged adapter has its own.
+        self._pools: dict[str | None, _Pool] = {None: _Pool(self.model, self.config.lanes)}
+        self.context: Context = self._pools[None].open(context_tokens, self.config.batch_tokens)
         template = self.model.meta("tokenizer.chat_template")
         if not template:
             raise BaseModelError(f"{base.name} has no chat template in its GGUF metadata")
         self._template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(template)
         self._heads = HeadLayout(self.model.n_head, self.model.n_head_kv)
         self._adapter_handles: dict[str, int] = {}
-        self._lanes = [_Lane(seq) for seq in range(self.config.lanes)]
         self._waiting: list[_Job] = []
         self._active: list[_Job] = []
         self._turn: str | None = None
@@ -157,9 +195,9 @@ class LlamaCppBackbone(BackboneBase):
         self._closed = False
         # Scoring (continuation_nll) has a context of its own, made on first use: it never touches the lanes.
         self._score_lock = threading.Lock()
-        self._score_context: Context | None = None
-        self._score_adapter: str | None = None
-        self._score_cached: list[int] = []
+        self._score_contexts: dict[str | None, Context] = {}
+        """A one-sequence context per pool, with the adapter and tokens it last scored."""
+        self._score_state: dict[str | None, tuple[str | None, list[int]]] = {}
         self._embed_lock = threading.Lock()
         self._embed_contexts: dict[int | None, EmbeddingContext] = {}
         self._worker = threading.Thread(target=self._run, name="llama-scheduler", daemon=True)
@@ -211,10 +249,41 @@ class LlamaCppBackbone(BackboneBase):
         try:
             gguf_lora = cached_gguf_lora(path, self.cache_dir, self._heads)
             handle = self.model.load_adapter(gguf_lora)
+            pool = self._merged_pool(gguf_lora) if self.config.merge_adapters else None
         except Exception as exc:  # conversion, safetensors and llama.cpp raise many kinds; all mean "unusable"
             raise AdapterError(f"adapter {path.name} could not be loaded: {exc}") from exc
+        with self._wake:  # the scheduler reads the pools
+            old = self._pools.pop(name, None)
+            if pool is not None:
+                self._pools[name] = pool
+        if old is not None and old is not pool:
+            with self.lock:
+                old.close()
         self._adapter_handles[name] = handle
         self.adapters[name] = path
+
+    def _merged_pool(self, gguf_lora: Path) -> _Pool:
+        if self.base.path is None:
+            raise NotImplementedError("the base GGUF file is unknown: nothing to merge the adapter into")
+        merged = cached_merged_gguf(self.base.path, self.base.fingerprint, gguf_lora, self.cache_dir, self.config.merged_weight_type)
+        return _Pool(LlamaModel(merged, self.model.threads), self.config.lanes, merged=True)
+
+    def adapter_serving(self, name: str | None) -> str | None:
+        pool = self._pools.get(name) if name is not None else None
+        return f"merged {self.config.merged_weight_type}" if pool is not None and pool.merged else None
+
+    def kv_bytes_per_lane(self) -> int:
+        """The f16 KV cache of one lane: keys and values of every layer for a whole context."""
+        kv_width = self.model.n_head_kv * (self.model.n_embd // self.model.n_head)
+        return self.context_tokens * self.model.n_layer * 2 * kv_width * 2
+
+    @property
+    def lanes(self) -> list[_Lane]:
+        """Every lane of every pool (those made so far)."""
+        return [lane for pool in list(self._pools.values()) for lane in pool.lanes]
+
+    def _pool_of(self, adapter: str | None) -> _Pool:
+        return self._pools.get(adapter) or self._pools[None]
 
     # --- generation -------------------------------------------------------------------------
 
@@ -243,7 +312,11 @@ class LlamaCppBackbone(BackboneBase):
 
     def _kv_file(self, prompt_ids: list[int], adapter: str | None) -> Path:
         """The prefix KV cache file of a prompt: keyed by the base, the adapter's weights and the tokens."""
-        digest = hashlib.sha256(f"{self.base.fingerprint}:{adapter}:{KV_FORMAT}".encode())
+        merged = ":merged" if adapter is not None and self._pool_of(adapter).merged else ""
+        # The lane count is in the key: llama.cpp refuses a sequence file saved by a context
+        # with another number of sequences (its KV streams), so each count keeps its own files.
+        lanes = f":lanes={self.config.lanes}" if self.config.lanes != LlamaServingConfig.lanes else ""
+        digest = hashlib.sha256(f"{self.base.fingerprint}:{adapter}:{KV_FORMAT}{merged}{lanes}".encode())
         if adapter is not None:
             digest.update(cached_file_sha256(self.adapters[adapter] / "adapter_model.safetensors", self.cache_dir).encode())
         digest.update(np.asarray(prompt_ids, dtype=np.int32).tobytes())
@@ -272,20 +345,23 @@ class LlamaCppBackbone(BackboneBase):
         with self._score_lock, self.lock:  # between generation rounds, as embed()
             if self._closed:
                 raise GenerationError("the backbone is closed")
-            if self._score_context is None:
-                self._score_context = self.model.new_context(self.context_tokens, 1, self.config.batch_tokens)
-            context = self._score_context
-            if self._score_adapter != adapter:
-                self._score_cached = []
-            context.set_adapter(self._adapter_handles[adapter] if adapter else None)
-            self._score_adapter = adapter
-            keep = min(_common_prefix(self._score_cached, ids), split)
+            # Score with the weights that generate: a merged adapter's own model, bare.
+            key = adapter if adapter in self._pools else None
+            context = self._score_contexts.get(key)
+            if context is None:
+                context = self._score_contexts[key] = self._pools[key].model.new_context(self.context_tokens, 1, self.config.batch_tokens)
+            applied = adapter if key is None else None
+            last_applied, cached = self._score_state.get(key, (None, []))
+            if last_applied != applied:
+                cached = []
+            context.set_adapter(self._adapter_handles[applied] if applied else None)
+            keep = min(_common_prefix(cached, ids), split)
             context.forget(0, keep)
-            self._score_cached = []  # unknown until the decode below succeeds
+            self._score_state[key] = (applied, [])  # unknown until the decode below succeeds
             if keep < split:
                 context.decode([Run(0, ids[keep:split], keep, want_logits=False)])
             rows = context.decode_every(0, ids[split:-1], split).astype(np.float64)
-            self._score_cached = ids[:-1]
+            self._score_state[key] = (applied, ids[:-1])
         top = rows.max(axis=1)
         log_norm = top + np.log(np.exp(rows - top[:, None]).sum(axis=1))
         nll = float(np.sum(log_norm - rows[np.arange(len(continuation_ids)), continuation_ids]))
@@ -332,14 +408,15 @@ class LlamaCppBackbone(BackboneBase):
         for job in self._active + self._waiting:
             job.tokens.put(GenerationError("the server is shutting down"))
         with self._score_lock:
-            if self._score_context is not None:
-                self._score_context.close()
-                self._score_context = None
+            for context in self._score_contexts.values():
+                context.close()
+            self._score_contexts.clear()
         with self._embed_lock:
             for context in self._embed_contexts.values():
                 context.close()
             self._embed_contexts.clear()
-        self.context.close()
+        for pool in self._pools.values():
+            pool.close()
         atexit.unregister(self.close)
 
     # --- the scheduler thread ---------------------------------------------------------------
@@ -371,11 +448,12 @@ class LlamaCppBackbone(BackboneBase):
                 still_waiting.append(job)
                 continue
             lane.busy = True
+            context = lane.context
             if job.prefill_only and job.kv_file is not None:
                 # A warm-up whose cache goes to a file is computed in its lane from scratch: cells
                 # shared from another lane are not all written by llama_state_seq_save_file (a file
                 # saved after a share reloads into a different reply; measured).
-                self.context.forget(lane.seq, 0)
+                context.forget(lane.seq, 0)
                 lane.cached = []
             reuse = _common_prefix(lane.cached, job.prompt_ids) if lane.adapter == job.adapter else 0
             donor, shared = (None, 0) if job.prefill_only else self._best_donor(job, exclude=lane)
@@ -383,11 +461,11 @@ class LlamaCppBackbone(BackboneBase):
             if donor is not None and min(shared, limit) > min(reuse, limit):
                 # Another lane holds a longer prefix of this prompt: share its cells instead of recomputing.
                 reuse = min(shared, limit)
-                self.context.forget(lane.seq, 0)
-                self.context.share(donor.seq, lane.seq, reuse)
+                context.forget(lane.seq, 0)
+                context.share(donor.seq, lane.seq, reuse)
                 lane.cached = donor.cached[:reuse]
             reuse = min(reuse, limit)
-            self.context.forget(lane.seq, reuse)
+            context.forget(lane.seq, reuse)
             lane.cached = lane.cached[:reuse]
             lane.adapter = job.adapter
             job.lane, job.fed, job.started = lane, reuse, time.perf_counter()
@@ -399,10 +477,10 @@ class LlamaCppBackbone(BackboneBase):
 
     def _restore(self, job: _Job, lane: _Lane) -> bool:
         """Load a warm-up's KV cache from its file instead of computing it; False if unusable."""
-        self.context.forget(lane.seq, 0)
-        tokens = self.context.load_sequence(lane.seq, job.kv_file, len(job.prompt_ids)) if job.kv_file else None
+        lane.context.forget(lane.seq, 0)
+        tokens = lane.context.load_sequence(lane.seq, job.kv_file, len(job.prompt_ids)) if job.kv_file else None
         if tokens != job.prompt_ids:
-            self.context.forget(lane.seq, 0)
+            lane.context.forget(lane.seq, 0)
             lane.cached = []
             job.fed = 0
             return False
@@ -414,7 +492,7 @@ class LlamaCppBackbone(BackboneBase):
 
     def _best_donor(self, job: _Job, exclude: _Lane) -> tuple[_Lane | None, int]:
         best, length = None, 0
-        for lane in self._lanes:
+        for lane in self._pool_of(job.adapter).lanes:
             if lane is not exclude and lane.adapter == job.adapter:
                 common = _common_prefix(lane.cached, job.prompt_ids)
                 if common > length:
@@ -422,7 +500,9 @@ class LlamaCppBackbone(BackboneBase):
         return best, length
 
     def _pick_lane(self, job: _Job) -> _Lane | None:
-        free = [lane for lane in self._lanes if not lane.busy]
+        pool = self._pool_of(job.adapter)
+        pool.open(self.context_tokens, self.config.batch_tokens)
+        free = [lane for lane in pool.lanes if not lane.busy]
         if not free:
             return None
 
@@ -455,7 +535,9 @@ class LlamaCppBackbone(BackboneBase):
             self._turn, self._burst_left = later, self.config.burst_steps
         self._burst_left -= 1
         jobs = by_adapter[self._turn]
-        self.context.set_adapter(self._adapter_handles[self._turn] if self._turn else None)
+        pool = self._pool_of(self._turn)
+        assert pool.context is not None  # opened when its jobs got their lanes
+        pool.context.set_adapter(self._adapter_handles[self._turn] if self._turn and not pool.merged else None)
         # One llama_decode call for the group: prompt chunks share what the decoding jobs leave.
         budget = self.config.batch_tokens - sum(1 for job in jobs if job.next_token is not None)
         runs: list[tuple[_Job, Run]] = []
@@ -471,7 +553,7 @@ class LlamaCppBackbone(BackboneBase):
                 runs.append((job, Run(lane.seq, chunk, len(lane.cached), want_logits=last and not job.prefill_only)))
         if not runs:
             return
-        logits = self.context.decode([run for _, run in runs])
+        logits = pool.context.decode([run for _, run in runs])
         for (job, run), row in zip(runs, logits, strict=True):
             self._advance(job, run, row)
 
@@ -485,7 +567,7 @@ class LlamaCppBackbone(BackboneBase):
             job.stats.stopped_by = "length"
             if job.kv_file is not None:
                 job.kv_file.parent.mkdir(parents=True, exist_ok=True)
-                self.context.save_sequence(lane.seq, lane.cached, job.kv_file)
+                lane.context.save_sequence(lane.seq, lane.cached, job.kv_file)
             self._finish(job)
             return
         if row is None:
@@ -513,7 +595,7 @@ class LlamaCppBackbone(BackboneBase):
         lane = job.lane
         if lane is not None:
             if error is not None:  # the cache may hold part of a failed batch: start the lane afresh
-                self.context.forget(lane.seq, 0)
+                lane.context.forget(lane.seq, 0)
                 lane.cached = []
             lane.busy, lane.last_used = False, time.perf_counter()
             job.lane = None

@@ -58,6 +58,9 @@ class LlamaModel:
         self.threads = threads or os.cpu_count() or 1
         self.n_head = int(llama_cpp.llama_model_n_head(self.model))
         self.n_head_kv = int(llama_cpp.llama_model_n_head_kv(self.model))
+        self.n_layer = int(llama_cpp.llama_model_n_layer(self.model))
+        self.n_embd = int(llama_cpp.llama_model_n_embd(self.model))
+        self.path = Path(gguf_path)
         self._piece_cache: dict[int, bytes] = {}
 
     # --- metadata and vocabulary ------------------------------------------------------------

@@ -359,6 +359,15 @@ def test_a_run_reuses_an_earlier_runs_replies_where_nothing_they_depend_on_chang
     rows = [json.loads(line) for line in (tmp_path / "new_detector" / "replies.jsonl").read_text().splitlines()]
     assert all(r["reused"] for r in rows if not r["entry"].endswith("+guard"))
 
+    # An adapter served another way (merged into the base): its replies are generated again, the rest are taken.
+    generated.clear()
+    monkeypatch.setattr(type(full_runtime.backbone), "adapter_serving", lambda self, name: "merged Q8_0" if name else None)
+    merged = run("merged", "--reuse", str(tmp_path / "new_detector"))
+    assert set(generated) == {"ecommerce-lora", "ecommerce-lora+guard"}
+    assert merged["meta"]["adapters"]["ecommerce-lora"]["served"] == "merged Q8_0"
+    monkeypatch.undo()
+    monkeypatch.setattr(evaluate, "generate", counting_generate)
+
     # Served differently (another reply length): nothing is taken, and the run says why.
     generated.clear()
     capsys.readouterr()

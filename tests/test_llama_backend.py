@@ -54,6 +54,12 @@ def test_backend_comes_from_the_environment_unless_given(monkeypatch: pytest.Mon
     assert BaseModelSpec.from_env(backend="llamacpp").backend == "llamacpp"
 
 
+@pytest.mark.parametrize(("value", "merged"), [("1", True), ("true", True), ("0", False), ("", False)])
+def test_merging_adapters_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch, value: str, merged: bool) -> None:
+    monkeypatch.setenv("TOP_MERGE_ADAPTERS", value)
+    assert BaseModelSpec.from_env().merge_adapters is merged
+
+
 # --- the converter (no model) -------------------------------------------------------------------
 
 
@@ -248,9 +254,9 @@ def test_closing_a_stream_early_or_unread_frees_its_lane_at_once(llama_runtime) 
     started.close()
     unread.close()
     deadline = time.monotonic() + 1.0
-    while any(lane.busy for lane in backbone._lanes) and time.monotonic() < deadline:
+    while any(lane.busy for lane in backbone.lanes) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert not any(lane.busy for lane in backbone._lanes)
+    assert not any(lane.busy for lane in backbone.lanes)
     assert started.stats.new_tokens < 400 and started.stats.stopped_by == "cancelled"
 
 
@@ -279,7 +285,7 @@ def test_a_failed_decode_ends_the_replies_in_flight_with_a_clear_error_and_the_s
     for _ in turn.updates():
         pass
     assert "generation stopped" in turn.notes() and "simulated llama.cpp failure" in turn.notes()
-    assert not any(lane.busy for lane in llama_runtime.backbone._lanes)
+    assert not any(lane.busy for lane in llama_runtime.backbone.lanes)
     monkeypatch.setattr(context, "decode", real_decode)
     assert _ask(llama_runtime, "ecommerce-lora", QUESTIONS["ecommerce-lora"]).stats.stopped_by in ("eos", "length")
 
@@ -495,3 +501,89 @@ def test_a_warm_prefix_file_reloads_into_the_same_reply_when_warm_ups_shared_a_p
     fresh = reply(warm=False)
     reply(warm=True)  # computes and saves the warm prefixes
     assert reply(warm=True) == fresh  # loads them
+
+
+# --- merged adapters (LlamaServingConfig.merge_adapters) ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def merged_backbone(tmp_path_factory: pytest.TempPathFactory):
+    """One adapter served both ways: at run time in the base's pool, and merged in a pool of its own."""
+    if not llama_cpp_installed():
+        pytest.fail("llama-cpp-python is not installed; CI is set, so this fails instead of skipping")
+    from bots.llama_backbone import LlamaCppBackbone, LlamaServingConfig, load_gguf_base
+
+    spec = BaseModelSpec(cache_dir=tmp_path_factory.mktemp("merged-cache"), backend="llamacpp")
+    backbone = LlamaCppBackbone(load_gguf_base(spec), config=LlamaServingConfig(lanes=2, merge_adapters=True))
+    backbone.load_adapter("ecommerce", ADAPTERS / "ecommerce")
+    runtime_path = LlamaCppBackbone(load_gguf_base(spec), config=LlamaServingConfig(lanes=2))
+    runtime_path.load_adapter("ecommerce", ADAPTERS / "ecommerce")
+    yield backbone, runtime_path
+    backbone.close()
+    runtime_path.close()
+
+
+MERGE_QUESTIONS = ("Can I return a gift card?", "What does express shipping cost?", "How do I cancel an order?")
+
+
+def _greedy_reply(backbone, question: str, adapter: str | None, steps: int = 24) -> tuple[list[int], list[int]]:
+    prompt = backbone.encode([{"role": "user", "content": question}])
+    stats = GenerationStats()
+    "".join(backbone.stream(prompt, adapter, GenerationSettings(max_new_tokens=steps), stats))
+    return prompt, stats.token_ids
+
+
+def _shared(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+@needs_llama
+def test_a_merged_adapter_gets_a_pool_of_its_own_and_answers_like_the_adapter_not_the_bare_base(merged_backbone) -> None:
+    merged, runtime_path = merged_backbone
+    assert set(merged._pools) == {None, "ecommerce"} and merged._pools["ecommerce"].merged
+    assert set(runtime_path._pools) == {None}  # without merging, adapters share the base's context
+    assert merged.adapter_serving("ecommerce") == "merged Q8_0" and runtime_path.adapter_serving("ecommerce") is None
+    with_adapter = sum(_shared(_greedy_reply(merged, q, "ecommerce")[1], _greedy_reply(runtime_path, q, "ecommerce")[1]) for q in MERGE_QUESTIONS)
+    with_base = sum(_shared(_greedy_reply(merged, q, "ecommerce")[1], _greedy_reply(runtime_path, q, None)[1]) for q in MERGE_QUESTIONS)
+    assert with_adapter > with_base
+
+
+@needs_llama
+def test_merged_and_bare_replies_in_flight_together_equal_each_alone(merged_backbone) -> None:
+    merged, _ = merged_backbone
+    jobs = [(q, adapter) for q in MERGE_QUESTIONS[:2] for adapter in ("ecommerce", None)]
+    alone = [_greedy_reply(merged, q, adapter)[1] for q, adapter in jobs]
+    stats = [GenerationStats() for _ in jobs]
+    streams = [merged.stream(merged.encode([{"role": "user", "content": q}]), adapter, GenerationSettings(max_new_tokens=24), s) for (q, adapter), s in zip(jobs, stats, strict=True)]
+    threads = [threading.Thread(target=lambda st=st: "".join(st)) for st in streams]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert [s.token_ids for s in stats] == alone
+
+
+@needs_llama
+def test_a_merged_adapter_is_scored_with_its_own_weights(merged_backbone) -> None:
+    merged, runtime_path = merged_backbone
+    prompt, reply = _greedy_reply(runtime_path, MERGE_QUESTIONS[0], "ecommerce")
+    merged_nll, count = merged.continuation_nll(prompt, reply, "ecommerce")
+    adapter_nll, _ = runtime_path.continuation_nll(prompt, reply, "ecommerce")
+    base_nll, _ = merged.continuation_nll(prompt, reply, None)
+    assert count == len(reply)
+    assert abs(merged_nll - adapter_nll) < 0.5 * abs(base_nll - adapter_nll)  # near the adapter's, far from the base's
+    assert merged.continuation_nll(prompt, reply, "ecommerce")[0] == pytest.approx(merged_nll, rel=1e-4)
+
+
+@needs_llama
+def test_prefix_kv_files_are_kept_apart_by_lane_count(tmp_path: Path) -> None:
+    """llama.cpp refuses a sequence file saved by a context with another number of sequences."""
+    from bots.llama_backbone import LlamaCppBackbone, LlamaServingConfig, load_gguf_base
+
+    spec = BaseModelSpec(cache_dir=tmp_path, backend="llamacpp")
+    files = {}
+    for lanes in (2, 3, 3):
+        backbone = LlamaCppBackbone(load_gguf_base(spec), config=LlamaServingConfig(lanes=lanes))
+        files.setdefault(lanes, set()).add(backbone._kv_file([1, 2, 3], None))
+        backbone.close()
+    assert len(files[3]) == 1 and files[2] != files[3]

@@ -578,6 +578,9 @@ def adapters_of(runtime: Runtime, plan: Plan) -> dict[str, dict[str, Any]]:
         if bot.adapter and path and entry.variant not in adapters:
             weights = Path(path) / "adapter_model.safetensors"
             adapters[entry.variant] = {"path": _relative(Path(path)), "sha256": file_sha256(weights) if weights.is_file() else None}
+            served = runtime.backbone.adapter_serving(bot.adapter)
+            if served:
+                adapters[entry.variant]["served"] = served
     return adapters
 
 
@@ -662,7 +665,8 @@ def run_evaluation(runtime: Runtime, config: EvalConfig) -> dict[str, Any]:
     previous = load_previous(config.reuse, serving) if config.reuse else None
     if previous and previous.refused:
         print(f"--reuse: {previous.refused}", file=sys.stderr)
-    adapter_shas = {name: row["sha256"] for name, row in adapters_of(runtime, plan).items()}
+    # How an adapter is served is part of its replies' fingerprint (absent: applied at run time).
+    adapter_shas = {name: f"{row['sha256']}+{row['served']}" if row.get("served") else row["sha256"] for name, row in adapters_of(runtime, plan).items()}
     resumes_own = previous is not None and previous.partial_taken and Path(previous.folder).resolve() == Path(config.out_dir).resolve()
     start_partial(config.out_dir, serving, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), keep=resumes_own)
     records: dict[str, list[ReplyRecord]] = {}

@@ -1,0 +1,170 @@
+"""Benchmark: LoRA variants served with the adapter applied at run time against a merged copy of the base.
+
+For every adapter variant (LoRA and hybrid) and a few probe questions of its domain, one
+reply at a time, greedy, guards off, on the llama.cpp backend:
+
+* decode tokens/s with the adapter applied at run time, with the merged weights
+  (bots/gguf_merge.py), and of the bare base on the same prompts: the baseline of the same
+  run (target: merged >= 0.9x the bare base);
+* how often the merged replies agree with the run-time ones (the share of the first tokens
+  before the two greedy replies part): the merge is W + B A stored as Q8_0, so small
+  rounding differences are expected, not a different model;
+* the wall time of one message to all four UI variants at once against one reply alone
+  (target <= 2x), both ways;
+* the merged files' size, and the KV cache each merged pool adds.
+
+    python -m benchmarks.merged_adapters                 # about 3 minutes on 2 cores
+    python -m benchmarks.merged_adapters --probes 2 --json merged.json
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from benchmarks.serving import probe_questions
+from bots.base_source import BaseModelSpec
+from bots.cli_args import CommandParser
+from bots.generation import GenerationSettings
+
+UI_VARIANTS = ("ecommerce-lora", "ecommerce-prompt", "medical-lora", "medical-prompt")
+TARGETS = {"merged_vs_base": 0.9, "compare_ratio": 2.0}
+
+
+@dataclass
+class AdapterFigures:
+    variant: str
+    runtime_tok_s: float
+    merged_tok_s: float
+    base_tok_s: float
+    agreement: float
+    """Mean share of the first tokens (up to --agree-tokens) before merged and run-time replies part."""
+
+
+@dataclass
+class MergedResults:
+    adapters: list[AdapterFigures] = field(default_factory=list)
+    compare: dict = field(default_factory=dict)
+    files_mb: dict = field(default_factory=dict)
+    kv_mb_per_pool: float = 0.0
+
+
+def _decode_rate(backbone: object, prompt: list[int], adapter: str | None, settings: GenerationSettings) -> tuple[float, list[int]]:
+    from bots.generation import GenerationStats
+
+    stats = GenerationStats()
+    "".join(backbone.stream(prompt, adapter, settings, stats))  # type: ignore[attr-defined]
+    return stats.decode_tokens_per_s, stats.token_ids
+
+
+def _shared_share(a: list[int], b: list[int], n: int) -> float:
+    a, b = a[:n], b[:n]
+    if not a and not b:
+        return 1.0
+    same = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    return same / max(len(a), len(b))
+
+
+def measure_adapters(runtime_path: object, merged: object, probes: int, settings: GenerationSettings, agree_tokens: int) -> list[AdapterFigures]:
+    rows = []
+    for name, bot in runtime_path.bots.items():  # type: ignore[attr-defined]
+        if not bot.availability.ok or not bot.adapter:
+            continue
+        rates: dict[str, list[float]] = {"runtime": [], "merged": [], "base": []}
+        agreement = []
+        for question in probe_questions(bot.spec.domain, probes):
+            prompt = runtime_path.backbone.encode(bot.render([{"role": "user", "content": question}]))  # type: ignore[attr-defined]
+            rate, runtime_ids = _decode_rate(runtime_path.backbone, prompt, bot.adapter, settings)  # type: ignore[attr-defined]
+            rates["runtime"].append(rate)
+            rate, merged_ids = _decode_rate(merged.backbone, prompt, bot.adapter, settings)  # type: ignore[attr-defined]
+            rates["merged"].append(rate)
+            rates["base"].append(_decode_rate(runtime_path.backbone, prompt, None, settings)[0])  # type: ignore[attr-defined]
+            agreement.append(_shared_share(merged_ids, runtime_ids, agree_tokens))
+        med = {key: statistics.median(v for v in values if v) for key, values in rates.items()}
+        rows.append(AdapterFigures(name, med["runtime"], med["merged"], med["base"], statistics.mean(agreement)))
+    return rows
+
+
+def measure_compare(runtime: object, settings: GenerationSettings) -> dict:
+    """One message to the four UI variants at once, against the mean of each alone."""
+    bots = [runtime.bot(name) for name in UI_VARIANTS]  # type: ignore[attr-defined]
+    question = [{"role": "user", "content": probe_questions("ecommerce", 1)[0]}]
+    alone = statistics.mean(bot.reply(question, settings, guard=False).stats.latency_s for bot in bots)
+    started = time.perf_counter()
+    streams = [bot.stream(question, settings, guard=False) for bot in bots]
+    threads = [threading.Thread(target=stream.consume) for stream in streams]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    together = time.perf_counter() - started
+    return {"one_reply_s": alone, "all_four_s": together, "ratio": together / alone}
+
+
+def print_report(results: MergedResults) -> None:
+    print("## Adapter variants: decode tokens/s, one reply at a time (median over the probes)")
+    print("| variant | run-time adapter | merged | bare base | run-time / base | merged / base | merged vs run-time agreement |")
+    print("|---|---|---|---|---|---|---|")
+    for row in results.adapters:
+        runtime_ratio, merged_ratio = row.runtime_tok_s / row.base_tok_s, row.merged_tok_s / row.base_tok_s
+        verdict = "meets" if merged_ratio >= TARGETS["merged_vs_base"] else "MISSES"
+        print(
+            f"| {row.variant} | {row.runtime_tok_s:.1f} | {row.merged_tok_s:.1f} | {row.base_tok_s:.1f} | {runtime_ratio:.2f} | "
+            f"{merged_ratio:.2f} ({verdict} >= {TARGETS['merged_vs_base']}) | {row.agreement:.0%} |"
+        )
+    print("\n## One message to all four UI variants at once, against one reply alone")
+    for mode, c in results.compare.items():
+        verdict = "meets" if c["ratio"] <= TARGETS["compare_ratio"] else "MISSES"
+        print(f"{mode:9} alone {c['one_reply_s']:.2f} s, all four {c['all_four_s']:.2f} s: {c['ratio']:.2f}x ({verdict} <= {TARGETS['compare_ratio']}x)")
+    print("\n## What merging costs")
+    for name, size in results.files_mb.items():
+        print(f"{name}: {size:.1f} MB (memory-mapped)")
+    print(f"KV cache per merged pool: {results.kv_mb_per_pool:.0f} MB, made when its variant is first asked")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = CommandParser(prog="python -m benchmarks.merged_adapters", description=__doc__.splitlines()[0])
+    parser.add_argument("--probes", type=int, default=4, help="probe questions per adapter variant (default 4)")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--agree-tokens", type=int, default=32, help="tokens compared for agreement (default 32)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.probes < 1 or args.max_new_tokens < 1:
+        parser.error("--probes and --max-new-tokens must be at least 1")
+
+    from bots.backends import build_backbone
+    from bots.registry import Runtime
+
+    spec = BaseModelSpec.from_env(backend="llamacpp")
+    print("loading the run-time and the merged backbones (merging takes ~10 s per adapter the first time)...", flush=True)
+    runtime_path = Runtime.from_backbone(build_backbone(replace(spec, merge_adapters=False)), warm_prompts=True)
+    merged = Runtime.from_backbone(build_backbone(replace(spec, merge_adapters=True)), warm_prompts=True)
+    runtime_path.backbone.wait_idle()
+    merged.backbone.wait_idle()
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
+    results = MergedResults()
+    print("measuring decode speed and agreement...", flush=True)
+    results.adapters = measure_adapters(runtime_path, merged, args.probes, settings, args.agree_tokens)
+    print("measuring the four-variant answer...", flush=True)
+    results.compare = {"run-time": measure_compare(runtime_path, settings), "merged": measure_compare(merged, settings)}
+    backbone = merged.backbone
+    for name, pool in backbone._pools.items():  # noqa: SLF001  a benchmark reads the backbone's insides
+        if pool.merged and backbone.base.path is not None:
+            results.files_mb[name] = Path(pool.model.path).stat().st_size / 1e6
+    results.kv_mb_per_pool = backbone.config.lanes * backbone.kv_bytes_per_lane() / 1e6
+    print()
+    print_report(results)
+    if args.json:
+        args.json.write_text(json.dumps(asdict(results), indent=2))
+    runtime_path.backbone.close()
+    merged.backbone.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,117 @@
+"""Folding a GGUF LoRA into the base weights (bots/gguf_merge.py), on tiny GGUF files written here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf")
+from gguf.quants import dequantize, quantize  # noqa: E402
+
+from bots.gguf_merge import MergeError, cached_merged_gguf, merge_lora_gguf  # noqa: E402
+
+RNG = np.random.default_rng(3)
+OUT, IN, RANK = 8, 64, 2
+
+
+def _base(path: Path, weight: np.ndarray) -> Path:
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(1)
+    writer.add_tensor("blk.0.attn_q.weight", quantize(weight, gguf.GGMLQuantizationType.Q4_1), raw_dtype=gguf.GGMLQuantizationType.Q4_1)
+    writer.add_tensor("blk.0.attn_norm.weight", np.ones(IN, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _lora(path: Path, tensors: dict[str, np.ndarray], alpha: float = 0.0) -> Path:
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+    for name, value in tensors.items():
+        writer.add_tensor(name, value)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _tensors(path: Path) -> dict[str, object]:
+    return {t.name: t for t in gguf.GGUFReader(str(path)).tensors}
+
+
+@pytest.fixture()
+def weights() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    weight = RNG.normal(size=(OUT, IN)).astype(np.float32)
+    lora_a = RNG.normal(size=(RANK, IN)).astype(np.float32)
+    lora_b = RNG.normal(size=(OUT, RANK)).astype(np.float32)
+    return weight, lora_a, lora_b
+
+
+def test_merged_weight_is_w_plus_b_a_stored_as_asked_and_other_tensors_are_copied(tmp_path: Path, weights) -> None:
+    weight, lora_a, lora_b = weights
+    base = _base(tmp_path / "base.gguf", weight)
+    lora = _lora(tmp_path / "lora.gguf", {"blk.0.attn_q.weight.lora_a": lora_a, "blk.0.attn_q.weight.lora_b": lora_b})
+    stored = dequantize(quantize(weight, gguf.GGMLQuantizationType.Q4_1), gguf.GGMLQuantizationType.Q4_1)
+    expected = stored + lora_b @ lora_a
+
+    exact = _tensors(merge_lora_gguf(base, lora, tmp_path / "f32.gguf", "F32"))
+    assert exact["blk.0.attn_q.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+    np.testing.assert_allclose(np.asarray(exact["blk.0.attn_q.weight"].data), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(exact["blk.0.attn_norm.weight"].data), np.ones(IN, dtype=np.float32))
+
+    q8 = _tensors(merge_lora_gguf(base, lora, tmp_path / "q8.gguf", "Q8_0"))["blk.0.attn_q.weight"]
+    assert q8.tensor_type == gguf.GGMLQuantizationType.Q8_0
+    got = dequantize(np.asarray(q8.data), gguf.GGMLQuantizationType.Q8_0)
+    assert np.abs(got - expected).max() <= np.abs(expected).max() / 127  # within one Q8_0 step
+    own = _tensors(merge_lora_gguf(base, lora, tmp_path / "own.gguf"))["blk.0.attn_q.weight"]
+    assert own.tensor_type == gguf.GGMLQuantizationType.Q4_1  # None keeps the weight's type
+
+
+def test_a_non_zero_alpha_scales_the_product_by_alpha_over_rank(tmp_path: Path, weights) -> None:
+    weight, lora_a, lora_b = weights
+    base = _base(tmp_path / "base.gguf", weight)
+    lora = _lora(tmp_path / "lora.gguf", {"blk.0.attn_q.weight.lora_a": lora_a, "blk.0.attn_q.weight.lora_b": lora_b}, alpha=4.0)
+    merged = np.asarray(_tensors(merge_lora_gguf(base, lora, tmp_path / "m.gguf", "F32"))["blk.0.attn_q.weight"].data)
+    stored = dequantize(quantize(weight, gguf.GGMLQuantizationType.Q4_1), gguf.GGMLQuantizationType.Q4_1)
+    np.testing.assert_allclose(merged, stored + (4.0 / RANK) * lora_b @ lora_a, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("tensors", "message"),
+    [
+        ({"blk.7.attn_q.weight.lora_a": np.zeros((RANK, IN), np.float32), "blk.7.attn_q.weight.lora_b": np.zeros((OUT, RANK), np.float32)}, "does not have"),
+        ({"blk.0.attn_q.weight.lora_a": np.zeros((RANK, IN), np.float32)}, "needs both lora_a and lora_b"),
+        ({"blk.0.attn_q.weight.lora_a": np.zeros((RANK, IN + 32), np.float32), "blk.0.attn_q.weight.lora_b": np.zeros((OUT, RANK), np.float32)}, "does not match"),
+    ],
+)
+def test_an_adapter_that_does_not_fit_is_refused_and_nothing_is_written(tmp_path: Path, weights, tensors: dict, message: str) -> None:
+    base = _base(tmp_path / "base.gguf", weights[0])
+    with pytest.raises(MergeError, match=message):
+        merge_lora_gguf(base, _lora(tmp_path / "lora.gguf", tensors), tmp_path / "out.gguf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.gguf", "lora.gguf"]  # no output, no temporary file
+
+
+def test_an_unknown_weight_type_is_refused(tmp_path: Path, weights) -> None:
+    weight, lora_a, lora_b = weights
+    lora = _lora(tmp_path / "lora.gguf", {"blk.0.attn_q.weight.lora_a": lora_a, "blk.0.attn_q.weight.lora_b": lora_b})
+    with pytest.raises(MergeError, match="unknown GGML weight type 'Q9'"):
+        merge_lora_gguf(_base(tmp_path / "base.gguf", weight), lora, tmp_path / "out.gguf", "Q9")
+
+
+def test_merged_files_are_cached_by_content_and_weight_type(tmp_path: Path, weights) -> None:
+    weight, lora_a, lora_b = weights
+    base = _base(tmp_path / "base.gguf", weight)
+    lora = _lora(tmp_path / "lora.gguf", {"blk.0.attn_q.weight.lora_a": lora_a, "blk.0.attn_q.weight.lora_b": lora_b})
+    first = cached_merged_gguf(base, "fp", lora, tmp_path / "cache", "Q8_0")
+    stamp = first.stat().st_mtime_ns
+    assert cached_merged_gguf(base, "fp", lora, tmp_path / "cache", "Q8_0") == first
+    assert first.stat().st_mtime_ns == stamp  # reused, not rebuilt
+    assert cached_merged_gguf(base, "fp", lora, tmp_path / "cache", "F32") != first
+    assert cached_merged_gguf(base, "other base", lora, tmp_path / "cache", "Q8_0") != first
