@@ -425,3 +425,18 @@ def test_an_interrupted_run_resumes_with_reuse_on_its_own_folder(full_runtime: R
     kept_ecommerce = {(r["source"], r["case_id"]) for r in kept if r["entry"] == "ecommerce-prompt"}  # each case once per case, once more at the variant's end
     assert results["meta"]["reuse"]["replies"]["ecommerce-prompt"] == len(kept_ecommerce) and results["meta"]["reuse"]["replies"]["medical-prompt"] == 1
     assert not (out / PARTIAL_META).exists() and not (out / PARTIAL_REPLIES).exists()  # a finished run cleans up
+
+
+def test_a_half_written_last_line_of_an_interrupted_run_is_dropped_and_other_damage_is_an_error(tmp_path: Path) -> None:
+    from training.eval_reuse import PARTIAL_META, PARTIAL_REPLIES, ReuseError, load_previous
+
+    serving = {"base": "b", "backend": "llamacpp", "llama_cpp": "0", "settings": {}}
+    (tmp_path / PARTIAL_META).write_text(json.dumps({"serving": serving, "date": "d"}))
+    rows = [{"entry": "ecommerce-prompt", "source": "facts", "case_id": str(i), "fingerprint": "f", "reply": "r"} for i in range(2)]
+    lines = [json.dumps(row) for row in rows]
+    (tmp_path / PARTIAL_REPLIES).write_text("\n".join([*lines, lines[0][:17]]))  # stopped while writing the third
+    previous = load_previous(tmp_path, serving)
+    assert sorted(key[2] for key in previous.records) == ["0", "1"] and previous.partial_taken
+    (tmp_path / PARTIAL_REPLIES).write_text("\n".join([lines[0], lines[1][:17], lines[1]]))
+    with pytest.raises(ReuseError, match="line 2 is not JSON"):
+        load_previous(tmp_path, serving)

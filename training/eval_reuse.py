@@ -129,13 +129,30 @@ def load_previous(folder: Path, serving: Mapping[str, Any]) -> Previous:
         previous.partial_taken = previous.partial_taken or interrupted
         for path in paths:
             if path.is_file():
-                for line in path.read_text(encoding="utf-8").splitlines():
-                    if line.strip():
-                        row = json.loads(line)
-                        previous.records[(row["entry"], row["source"], row["case_id"])] = row
+                for row in _rows(path, interrupted):
+                    previous.records[(row["entry"], row["source"], row["case_id"])] = row
     if not previous.records and refusals:
         previous.refused = "; ".join(refusals) + ": nothing is reused"
     return previous
+
+
+class ReuseError(ValueError):
+    """An earlier run's folder cannot be read; the message says where."""
+
+
+def _rows(path: Path, interrupted: bool) -> list[dict[str, Any]]:
+    """The rows of a replies file. An interrupted run may have been stopped halfway through
+    writing its last line: that line is dropped (its case is run again); anything else broken is an error."""
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if interrupted and number == len(lines):
+                break
+            raise ReuseError(f"--reuse: {path} line {number} is not JSON ({exc.msg}): the folder is damaged") from exc
+    return rows
 
 
 def start_partial(folder: Path, serving: Mapping[str, Any], date: str, keep: bool = False) -> None:

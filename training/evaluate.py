@@ -75,6 +75,7 @@ from training.eval_report import METHOD_ORDER, write_report
 from training.eval_reuse import (
     DEV_FOLDER,
     Previous,
+    ReuseError,
     append_partial,
     end_partial,
     has_run,
@@ -873,7 +874,10 @@ def main(argv: list[str] | None = None, runtime: Runtime | None = None) -> int:
     config = config_from_args(args, parser)
     if runtime is None:
         runtime = runtime_from_args(args, parser)
-    results = run_evaluation(runtime, config)
+    try:
+        results = run_evaluation(runtime, config)
+    except ReuseError as exc:
+        parser.error(str(exc))
     meta = results["meta"]
     for name, reason in meta["skipped"].items():
         print(f"skipped {name}: {reason}")
