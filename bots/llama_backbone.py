@@ -257,8 +257,12 @@ class LlamaCppBackbone(BackboneBase):
             if pool is not None:
                 self._pools[name] = pool
         if old is not None and old is not pool:
-            with self.lock:
+            with self._score_lock, self.lock:  # its scoring context held the old weights too
                 old.close()
+                stale = self._score_contexts.pop(name, None)
+                if stale is not None:
+                    stale.close()
+                self._score_state.pop(name, None)
         self._adapter_handles[name] = handle
         self.adapters[name] = path
 

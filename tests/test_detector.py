@@ -21,7 +21,7 @@ from bots.registry import Runtime
 from bots.safety import detect_emergency
 from bots.safety_eval import SAFETY_EVAL_DIR, TieredMessage, load_tiered, set_roles
 from bots.safety_eval.tiered import evaluate_guard
-from training.train_detector import FitConfig, choose_emergency_threshold, choose_rules_veto, fit_softmax, train_detector
+from training.train_detector import FitConfig, choose_emergency_threshold, choose_rules_veto, choose_veto_and_threshold, embed_all, fit_softmax, train_detector
 
 # Messages the rules do not catch (checked below), so that only the detector can escalate them.
 MISSED_EMERGENCY = "the left half of my face feels like it slid down and my coffee keeps dribbling out"
@@ -137,6 +137,39 @@ def test_decision_thresholds() -> None:
     assert choose_rules_veto(p, rules, emergency, 0.5) == pytest.approx(0.05)
     assert choose_rules_veto(p, np.zeros(4, bool), emergency, 0.5) == 0.0
     assert choose_emergency_threshold(p, rules, emergency, 1.0, veto=0.2) == pytest.approx(0.1, abs=1e-5)
+
+
+def test_the_joint_choice_overrules_the_rules_false_alarms_the_detector_is_sure_of_and_keeps_the_recall() -> None:
+    # Scores: two emergencies (one the rules catch), three routine messages the rules flag, one clean routine.
+    p = np.array([0.9, 0.4, 0.01, 0.02, 0.5, 0.03])
+    rules = np.array([False, True, True, True, True, False])
+    tiers = np.array(["emergency", "emergency", "routine", "routine", "routine", "routine"])
+    veto, threshold = choose_veto_and_threshold(p, rules, tiers, 1.0)
+    alarm = (rules & (p >= veto)) | (p >= threshold)
+    assert alarm[tiers == "emergency"].all()  # the target recall holds
+    assert alarm[tiers == "routine"].sum() == 1  # only the 0.5 match is left: it scores above an emergency
+    assert veto <= threshold
+    # The margin rule keeps more of the rules' false alarms: half the lowest caught emergency (0.2) overrules two.
+    margin = choose_rules_veto(p, rules, tiers == "emergency", 0.5)
+    assert ((rules & (p >= margin)) | (p >= choose_emergency_threshold(p, rules, tiers == "emergency", 1.0, margin)))[tiers == "routine"].sum() >= 1
+    # No rules match at all: no veto, the threshold alone.
+    assert choose_veto_and_threshold(p, np.zeros(6, bool), tiers, 1.0) == (0.0, choose_emergency_threshold(p, np.zeros(6, bool), tiers == "emergency", 1.0))
+
+
+def test_features_are_cached_between_fits_and_only_new_texts_are_embedded(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    class Counting:
+        def embed(self, text: str, blocks: int | None = None) -> np.ndarray:
+            calls.append(text)
+            return np.full(3, float(len(text)), np.float32)
+
+    cache = tmp_path / "features.npz"
+    first = embed_all(Counting(), ["a", "bb"], 5, cache=cache)  # type: ignore[arg-type]
+    again = embed_all(Counting(), ["bb", "ccc", "a"], 5, cache=cache)  # type: ignore[arg-type]
+    assert calls == ["a", "bb", "ccc"]
+    np.testing.assert_array_equal(again, np.array([[2] * 3, [3] * 3, [1] * 3], np.float32))
+    np.testing.assert_array_equal(first[1], again[0])
 
 
 def test_a_sure_detector_overrules_the_rules_and_says_so(trained: tuple[Backbone, DetectorModel]) -> None:

@@ -7,15 +7,18 @@ Features: the loaded base model's mean hidden state after block 21 of each messa
 of the serving backend, llama.cpp by default). Two linear softmax layers are fitted with class
 weights and L2 (numpy, full-batch gradient descent): the tier (routine / urgent / emergency)
 on the ``train`` sets of ``bots/safety_eval/detector_sets.yaml``, and the red flag on their
-emergencies. On the ``dev`` sets: a rules match is overruled below half the lowest P(emergency)
-of a dev emergency the rules catch (``--no-veto``: never), and the emergency threshold is the
-highest one at which the guard (rules unless overruled, OR detector) still reaches
-``--target-recall``; the urgent threshold likewise keeps most urgent messages urgent. The
+emergencies. On the ``dev`` sets: the veto (a rules match is overruled below it; ``--no-veto``:
+never) and the emergency threshold are chosen together, the pair with the fewest false alarms
+at which the guard (rules unless overruled, OR detector) still reaches ``--target-recall``
+(``--veto-choice margin``: the veto at half the lowest P(emergency) of a dev emergency the
+rules catch, then the highest threshold that keeps the recall); the urgent threshold likewise keeps most urgent messages urgent. The
 ``report`` sets are never read here: ``python -m bots.safety_eval`` reports them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -58,14 +61,41 @@ class FitConfig:
     urgent_recall: float = 0.8
     """Share of dev urgent messages (not flagged emergency) the urgent threshold must keep urgent or above."""
     rules_veto: bool = True
-    """Let the detector overrule a rules match it is sure is routine (below every dev emergency the rules catch)."""
+    """Let the detector overrule a rules match it is sure is routine."""
     veto_margin: float = 0.5
-    """The veto threshold is this fraction of the lowest P(emergency) of a dev emergency the rules catch."""
+    """veto_choice "margin": the veto threshold is this fraction of the lowest P(emergency) of a
+    dev emergency the rules catch (no such emergency is overruled)."""
+    cache_features: bool = False
+    """Keep the features between fits (TOP_CACHE_DIR/detector-features; the CLI turns it on):
+    they depend only on the base, the backend and the block."""
+    veto_choice: str = "joint"
+    """"joint": the veto and the emergency threshold chosen together, the pair with the fewest
+    dev false alarms at the target recall (the veto no higher than the threshold); "margin": as above."""
 
 
-def embed_all(backbone: BackboneBase, texts: Sequence[str], blocks: int | None, label: str = "embedding") -> np.ndarray:
-    rows = [backbone.embed(text, blocks) for text in tqdm(texts, desc=label, unit="msg", leave=False)]
-    return np.stack(rows).astype(np.float32)
+def embed_all(backbone: BackboneBase, texts: Sequence[str], blocks: int | None, label: str = "embedding", cache: Path | None = None) -> np.ndarray:
+    """The features of every text; with ``cache`` (a .npz file), those computed before are read
+    from it and the new ones added, so a second fit (another l2, a new set) embeds only what is new."""
+    known: dict[str, np.ndarray] = {}
+    if cache is not None and cache.is_file():
+        with np.load(cache) as stored:
+            known = dict(zip(stored["keys"].tolist(), stored["rows"], strict=True))
+    keys = [hashlib.sha256(text.encode("utf-8")).hexdigest()[:32] for text in texts]
+    missing = [(key, text) for key, text in zip(keys, texts, strict=True) if key not in known]
+    for key, text in tqdm(missing, desc=label, unit="msg", leave=False):
+        known[key] = backbone.embed(text, blocks)
+    if cache is not None and missing:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f"{cache.stem}.tmp-{os.getpid()}.npz")
+        np.savez(tmp, keys=np.array(list(known)), rows=np.stack(list(known.values())).astype(np.float32))
+        os.replace(tmp, cache)
+    return np.stack([known[key] for key in keys]).astype(np.float32)
+
+
+def feature_cache(backbone: BackboneBase, blocks: int | None) -> Path:
+    """Where the features of one base, backend and block are kept between fits."""
+    cache_dir = getattr(backbone, "cache_dir", None) or BaseModelSpec().cache_dir
+    return Path(cache_dir) / "detector-features" / f"{backbone.base.fingerprint[:16]}-{backbone.backend}-b{blocks or 'last'}.npz"
 
 
 def fit_softmax(features: np.ndarray, labels: np.ndarray, classes: int, config: FitConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -94,6 +124,28 @@ def choose_rules_veto(p_emergency: np.ndarray, rules_hit: np.ndarray, is_emergen
     return float(margin * kept.min()) if len(kept) else 0.0
 
 
+def choose_veto_and_threshold(p_emergency: np.ndarray, rules_hit: np.ndarray, tiers: np.ndarray, target: float) -> tuple[float, float]:
+    """The (veto, threshold) pair with the fewest false alarms on routine dev messages at which
+    rules (unless overruled below the veto) OR (p >= threshold) still catch ``target`` of the
+    dev emergencies. Candidate vetoes: 0 and just above each score of a rules match; ties go to
+    the lower veto (the rules stand more often)."""
+    is_emergency, is_routine = tiers == "emergency", tiers == "routine"
+    best: tuple[float, float, float] | None = None  # (false alarms, veto, threshold)
+    # A match stands at p >= veto: to overrule the match scoring s, the veto sits just above s.
+    for veto in sorted({0.0} | {float(np.nextafter(score, 1.0)) for score in p_emergency[rules_hit]}):
+        threshold = choose_emergency_threshold(p_emergency, rules_hit, is_emergency, target, veto)
+        veto = min(veto, threshold)
+        alarm = (rules_hit & (p_emergency >= veto)) | (p_emergency >= threshold)
+        if alarm[is_emergency].mean() < target:
+            continue
+        false_alarms = float(alarm[is_routine].mean()) if is_routine.any() else 0.0
+        if best is None or false_alarms < best[0] - 1e-12:
+            best = (false_alarms, veto, threshold)
+    if best is None:
+        return 0.0, choose_emergency_threshold(p_emergency, rules_hit, is_emergency, target)
+    return best[1], best[2]
+
+
 def choose_emergency_threshold(p_emergency: np.ndarray, rules_hit: np.ndarray, is_emergency: np.ndarray, target: float, veto: float = 0.0) -> float:
     """The highest threshold at which rules (unless overruled below ``veto``) OR (p >= threshold) catch ``target`` of the emergencies."""
     rules_stand = rules_hit & (p_emergency >= veto)
@@ -112,8 +164,9 @@ def choose_urgent_threshold(p_urgent_or_worse: np.ndarray, is_urgent: np.ndarray
 
 
 def train_detector(backbone: BackboneBase, train: list[TieredMessage], dev: list[TieredMessage], config: FitConfig, sources: dict[str, str] | None = None) -> tuple[DetectorModel, dict[str, float]]:
-    x_train = embed_all(backbone, [m.text for m in train], config.blocks, "train")
-    x_dev = embed_all(backbone, [m.text for m in dev], config.blocks, "dev")
+    cache = feature_cache(backbone, config.blocks) if config.cache_features else None
+    x_train = embed_all(backbone, [m.text for m in train], config.blocks, "train", cache)
+    x_dev = embed_all(backbone, [m.text for m in dev], config.blocks, "dev", cache)
     mean, scale = x_train.mean(axis=0), x_train.std(axis=0) + 1e-6
     z_train = (x_train - mean) / scale
     tier_w, tier_b = fit_softmax(z_train, np.array([TIERS.index(m.tier) for m in train]), len(TIERS), config)
@@ -137,8 +190,11 @@ def train_detector(backbone: BackboneBase, train: list[TieredMessage], dev: list
     probs = model.probabilities(x_dev)
     tiers = np.array([m.tier for m in dev])
     rules_hit = np.array([detect_emergency(m.text) is not None for m in dev])
-    veto = choose_rules_veto(probs[:, 2], rules_hit, tiers == "emergency", config.veto_margin) if config.rules_veto else 0.0
-    model.emergency_threshold = choose_emergency_threshold(probs[:, 2], rules_hit, tiers == "emergency", config.target_recall, veto)
+    if config.rules_veto and config.veto_choice == "joint":
+        veto, model.emergency_threshold = choose_veto_and_threshold(probs[:, 2], rules_hit, tiers, config.target_recall)
+    else:
+        veto = choose_rules_veto(probs[:, 2], rules_hit, tiers == "emergency", config.veto_margin) if config.rules_veto else 0.0
+        model.emergency_threshold = choose_emergency_threshold(probs[:, 2], rules_hit, tiers == "emergency", config.target_recall, veto)
     model.rules_veto_threshold = min(veto, model.emergency_threshold)
     model.urgent_threshold = choose_urgent_threshold(probs[:, 1] + probs[:, 2], (tiers == "urgent") & (probs[:, 2] < model.emergency_threshold), config.urgent_recall)
     decided = np.array([decide(dict(zip(TIERS, row.tolist(), strict=True)), model.emergency_threshold, model.urgent_threshold) for row in probs])
@@ -158,7 +214,7 @@ def train_detector(backbone: BackboneBase, train: list[TieredMessage], dev: list
         "backend": backbone.backend,
         "fit": {
             "blocks": config.blocks, "l2": config.l2, "steps": config.steps, "learning_rate": config.learning_rate,
-            "target_recall": config.target_recall, "rules_veto": config.rules_veto, "veto_margin": config.veto_margin,
+            "target_recall": config.target_recall, "rules_veto": config.rules_veto, "veto_choice": config.veto_choice, "veto_margin": config.veto_margin,
         },
         "dev_figures": figures,
     }
@@ -171,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target-recall", type=float, default=FitConfig.target_recall, help="dev recall of rules OR detector to keep (default 0.98)")
     parser.add_argument("--l2", type=float, default=FitConfig.l2)
     parser.add_argument("--no-veto", action="store_true", help="the rules always stand (no rules_veto_threshold)")
+    parser.add_argument("--veto-choice", choices=("joint", "margin"), default=FitConfig.veto_choice, help="how the veto is chosen on dev (default joint: with the threshold, fewest false alarms)")
     parser.add_argument("--blocks", type=int, default=DEFAULT_BLOCKS, help=f"features after this many blocks (default {DEFAULT_BLOCKS}; 0: the last block)")
     parser.add_argument("--base-model", default=None, help="'embedded' (default), a hub id or a local folder; env TOP_BASE_MODEL")
     parser.add_argument("--backend", default=None, help="serving backend that computes the features (default auto)")
@@ -185,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     backbone = build_backbone(BaseModelSpec.from_env(args.base_model, backend=args.backend))
     sources = {role: " + ".join(f"bots/safety_eval/{name}.jsonl" for name in roles[role]) for role in ("train", "dev")}
-    config = FitConfig(blocks=args.blocks or None, l2=args.l2, target_recall=args.target_recall, rules_veto=not args.no_veto)
+    config = FitConfig(blocks=args.blocks or None, l2=args.l2, target_recall=args.target_recall, rules_veto=not args.no_veto, veto_choice=args.veto_choice, cache_features=True)
     model, figures = train_detector(backbone, train, dev, config, sources)
     args.out.write_text(model.to_json(), encoding="utf-8")
     print(f"wrote {args.out} in {time.perf_counter() - started:.0f} s (thresholds: emergency {model.emergency_threshold:.4f}, urgent {model.urgent_threshold:.4f})")

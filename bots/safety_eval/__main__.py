@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from bots.cli_args import CommandParser
+from bots.detector import DETECTOR_FILE
 from bots.guard import RULES_ONLY, EmergencyGuard
 from bots.safety_eval import SAFETY_EVAL_DIR, EvalResult, TieredMessage, evaluate, load_labelled, load_tiered, set_roles
 from bots.safety_eval.tiered import PARTS, GuardReport, Rate, evaluate_guard
@@ -104,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--file", type=Path, default=None, help="an older binary set of {text, label, red_flag?} lines: rules only")
     parser.add_argument("--base-model", default=None, help="'embedded' (default), a hub id or a local folder; env TOP_BASE_MODEL")
     parser.add_argument("--backend", default=None, help="backend that computes the detector's features (default auto)")
+    parser.add_argument("--detector", type=Path, default=DETECTOR_FILE, help="the detector file (default: the shipped bots/safety_detector.json)")
     args = parser.parse_args(argv)
+    if not args.rules_only and not args.detector.is_file():
+        parser.error(f"no such detector file: {args.detector}")
     if args.file is not None:
         path = args.file if args.file.is_file() else SAFETY_EVAL_DIR / args.file
         if not path.is_file():
@@ -116,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         from bots.backends import build_backbone
         from bots.base_source import BaseModelSpec
 
-        guard = EmergencyGuard.for_backbone(build_backbone(BaseModelSpec.from_env(args.base_model, backend=args.backend)))
+        guard = EmergencyGuard.for_backbone(build_backbone(BaseModelSpec.from_env(args.base_model, backend=args.backend)), args.detector)
     for name in args.sets or default_sets:
         print(format_report(name, evaluate_guard(load_set(name), guard)))
         print()
