@@ -253,6 +253,8 @@ class LlamaCppBackbone(BackboneBase):
         except Exception as exc:  # conversion, safetensors and llama.cpp raise many kinds; all mean "unusable"
             raise AdapterError(f"adapter {path.name} could not be loaded: {exc}") from exc
         with self._wake:  # the scheduler reads the pools
+            if any(lane.busy for lane in self._pool_of(name).lanes if lane.adapter == name):
+                raise AdapterError(f"adapter {name} is answering requests: load it again when they are done")
             old = self._pools.pop(name, None)
             if pool is not None:
                 self._pools[name] = pool
