@@ -189,6 +189,38 @@ def test_v4_look_alikes_stay_ordinary(text: str) -> None:
     assert detect_emergency(text) is None, text
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "my laptop had a seizure and froze right in the middle of my presentation",
+        "Mum had a fit when she saw the state of my bedroom.",
+        "my dad nearly had a stroke when he saw how much my textbooks cost",
+        "overdosed on Christmas chocolate again this year",
+        "the company is haemorrhaging staff since the new CEO started",
+        "I laughed so hard at the speech that I couldn't breathe",
+        "Mum had a stroke in January and she's home now. How can we make her bathroom safer?",
+        "Grandad passed out from the heat on holiday two summers ago and has been fine since",
+        "had chest pain at a wedding two weeks ago, A&E did bloods and an ECG and said it was reflux",
+    ],
+)
+def test_v5_figures_of_speech_and_episodes_that_are_over_stay_ordinary(text: str) -> None:
+    assert detect_emergency(text) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "my dad is having a stroke, his face is drooping",
+        "she overdosed on her sleeping pills an hour ago",
+        "Mum had a stroke in January and now her face is drooping again",
+        "my son is having a seizure and it has lasted six minutes",
+        "he nearly passed out and now he is not responding",
+    ],
+)
+def test_v5_rewrites_leave_real_emergencies_alone(text: str) -> None:
+    assert detect_emergency(text) is not None
+
+
 def test_macros_may_use_macros_but_not_themselves(tmp_path: Path) -> None:
     assert RULES.red_flags  # the shipped file uses nested macros ({toxic_sign} holds {cant})
     text = Path("bots/safety_rules.yaml").read_text(encoding="utf-8")
