@@ -200,6 +200,8 @@ def test_v4_look_alikes_stay_ordinary(text: str) -> None:
         "I laughed so hard at the speech that I couldn't breathe",
         "Mum had a stroke in January and she's home now. How can we make her bathroom safer?",
         "Grandad passed out from the heat on holiday two summers ago and has been fine since",
+        "what do I do if my toddler ever has a febrile convulsion? want to be prepared",
+        "For my first aid course: how do you put an unconscious person in the recovery position?",
         "had chest pain at a wedding two weeks ago, A&E did bloods and an ECG and said it was reflux",
     ],
 )
@@ -215,6 +217,8 @@ def test_v5_figures_of_speech_and_episodes_that_are_over_stay_ordinary(text: str
         "Mum had a stroke in January and now her face is drooping again",
         "my son is having a seizure and it has lasted six minutes",
         "he nearly passed out and now he is not responding",
+        "a student in my class collapsed and her arms and legs are going rigid and shaking",
+        "For my exam tomorrow I had to stop revising: my chest is crushing and my left arm is numb",
     ],
 )
 def test_v5_rewrites_leave_real_emergencies_alone(text: str) -> None:
