@@ -21,7 +21,15 @@ from bots.registry import Runtime
 from bots.safety import detect_emergency
 from bots.safety_eval import SAFETY_EVAL_DIR, TieredMessage, load_tiered, set_roles
 from bots.safety_eval.tiered import evaluate_guard
-from training.train_detector import FitConfig, choose_emergency_threshold, choose_rules_veto, choose_veto_and_threshold, embed_all, fit_softmax, train_detector
+from training.train_detector import (
+    FitConfig,
+    choose_emergency_threshold,
+    choose_rules_veto,
+    choose_veto_and_threshold,
+    embed_all,
+    fit_softmax,
+    train_detector,
+)
 
 # Messages the rules do not catch (checked below), so that only the detector can escalate them.
 MISSED_EMERGENCY = "the left half of my face feels like it slid down and my coffee keeps dribbling out"
