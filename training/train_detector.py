@@ -11,8 +11,10 @@ emergencies. On the ``dev`` sets: the veto (a rules match is overruled below it;
 never) and the emergency threshold are chosen together, the pair with the fewest false alarms
 at which the guard (rules unless overruled, OR detector) still reaches ``--target-recall``
 (``--veto-choice margin``: the veto at half the lowest P(emergency) of a dev emergency the
-rules catch, then the highest threshold that keeps the recall); the urgent threshold likewise keeps most urgent messages urgent. The
-``report`` sets are never read here: ``python -m bots.safety_eval`` reports them.
+rules catch, then the highest threshold that keeps the recall); the urgent threshold likewise
+keeps most urgent messages urgent. The ``report`` sets are never read here: ``python -m
+bots.safety_eval`` reports them. The features are cached between fits
+(``TOP_CACHE_DIR/detector-features``), so a refit embeds only new messages.
 """
 
 from __future__ import annotations
