@@ -22,12 +22,10 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-import threading
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from benchmarks.serving import probe_questions
+from benchmarks.serving import probe_questions, replies_together
 from bots.base_source import BaseModelSpec
 from bots.cli_args import CommandParser
 from bots.generation import GenerationSettings
@@ -95,14 +93,7 @@ def measure_compare(runtime: object, settings: GenerationSettings) -> dict:
     bots = [runtime.bot(name) for name in UI_VARIANTS]  # type: ignore[attr-defined]
     question = [{"role": "user", "content": probe_questions("ecommerce", 1)[0]}]
     alone = statistics.mean(bot.reply(question, settings, guard=False).stats.latency_s for bot in bots)
-    started = time.perf_counter()
-    streams = [bot.stream(question, settings, guard=False) for bot in bots]
-    threads = [threading.Thread(target=stream.consume) for stream in streams]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    together = time.perf_counter() - started
+    _, together = replies_together(bots, question, settings)
     return {"one_reply_s": alone, "all_four_s": together, "ratio": together / alone}
 
 

@@ -236,20 +236,25 @@ def measure_variants(runtime: object, config: BenchConfig, threads: int | None) 
     return figures
 
 
+def replies_together(bots: list, conversation: list[dict[str, str]], settings: GenerationSettings) -> tuple[list, float]:
+    """Every bot answers the conversation at once (guards off); the streams and the wall time."""
+    started = time.perf_counter()
+    streams = [bot.stream(conversation, settings, guard=False) for bot in bots]
+    threads = [threading.Thread(target=stream.consume) for stream in streams]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return streams, time.perf_counter() - started
+
+
 def measure_compare(runtime: object, config: BenchConfig) -> dict:
     """Four variants on one message at once, against each alone (the message's own domain first)."""
     settings = GenerationSettings(max_new_tokens=config.max_new_tokens)
     question = probe_questions("ecommerce", 1)[0]
     bots = [bot for bot in runtime.bots.values() if bot.availability.ok]  # type: ignore[attr-defined]
     alone = {bot.spec.name: _timed_reply(bot, question, settings).latency_s for bot in bots}
-    started = time.perf_counter()
-    streams = [bot.stream([{"role": "user", "content": question}], settings, guard=False) for bot in bots]
-    threads = [threading.Thread(target=stream.consume) for stream in streams]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    together = time.perf_counter() - started
+    streams, together = replies_together(bots, [{"role": "user", "content": question}], settings)
     one = statistics.mean(alone.values())
     return {"alone_s": alone, "one_reply_mean_s": one, "all_four_s": together, "ratio": together / one, "tokens": [s.stats.new_tokens for s in streams]}
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from bots.cli_args import CommandParser
+from bots.gguf_truncate import copy_fields
 
 MERGE_VERSION = 1
 """Bump when the merged output changes: cached files of older versions are then rebuilt."""
@@ -56,12 +57,7 @@ def merge_lora_gguf(base_gguf: Path, lora_gguf: Path, out: Path, weight_type: st
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         writer = gguf.GGUFWriter(str(tmp), arch=arch, endianess=reader.endianess)
-        for field in reader.fields.values():
-            if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
-                continue  # written by the writer itself
-            value_type = field.types[0]
-            sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
-            writer.add_key_value(field.name, field.contents(), value_type, sub_type=sub_type)
+        copy_fields(reader, writer)
         data: list[np.ndarray] = []
         for tensor in reader.tensors:
             raw = tensor.data

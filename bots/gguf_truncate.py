@@ -25,6 +25,19 @@ from bots.cli_args import CommandParser
 _BLOCK = re.compile(r"^blk\.(\d+)\.")
 
 
+def copy_fields(reader: object, writer: object, overrides: dict[str, object] | None = None) -> None:
+    """Every metadata field of a GGUF reader into a writer (``overrides`` replace values by key)."""
+    import gguf
+
+    for field in reader.fields.values():  # type: ignore[attr-defined]
+        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+            continue  # written by the writer itself
+        value_type = field.types[0]
+        sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
+        value = (overrides or {}).get(field.name, field.contents())
+        writer.add_key_value(field.name, value, value_type, sub_type=sub_type)  # type: ignore[attr-defined]
+
+
 def truncate_gguf(source: Path, blocks: int, out: Path) -> Path:
     """Write ``out``: ``source`` with blocks ``>= blocks`` removed and the block count set to ``blocks``."""
     import gguf
@@ -38,13 +51,7 @@ def truncate_gguf(source: Path, blocks: int, out: Path) -> Path:
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(tmp), arch=arch, endianess=reader.endianess)
-    for field in reader.fields.values():
-        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
-            continue  # written by the writer itself
-        value_type = field.types[0]
-        sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
-        value = blocks if field.name == count_key else field.contents()
-        writer.add_key_value(field.name, value, value_type, sub_type=sub_type)
+    copy_fields(reader, writer, {count_key: blocks})
     kept = [t for t in reader.tensors if not (m := _BLOCK.match(t.name)) or int(m.group(1)) < blocks]
     for tensor in kept:
         writer.add_tensor_info(tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes, tensor.tensor_type)

@@ -115,3 +115,16 @@ def test_merged_files_are_cached_by_content_and_weight_type(tmp_path: Path, weig
     assert first.stat().st_mtime_ns == stamp  # reused, not rebuilt
     assert cached_merged_gguf(base, "fp", lora, tmp_path / "cache", "F32") != first
     assert cached_merged_gguf(base, "other base", lora, tmp_path / "cache", "Q8_0") != first
+
+
+def test_a_truncated_copy_keeps_the_first_blocks_and_every_other_field(tmp_path: Path, weights) -> None:
+    from bots.gguf_truncate import truncate_gguf
+
+    base = _base(tmp_path / "base.gguf", weights[0])
+    cut = gguf.GGUFReader(str(truncate_gguf(base, 1, tmp_path / "cut.gguf")))
+    source = gguf.GGUFReader(str(base))
+    assert int(cut.fields["llama.block_count"].contents()) == 1
+    assert {t.name for t in cut.tensors} == {t.name for t in source.tensors}  # block 0 only: all kept
+    assert {k for k in cut.fields if not k.startswith("GGUF.")} == {k for k in source.fields if not k.startswith("GGUF.")}
+    with pytest.raises(ValueError, match="cannot keep 2"):
+        truncate_gguf(base, 2, tmp_path / "too_many.gguf")
