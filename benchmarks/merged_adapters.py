@@ -13,7 +13,7 @@ reply at a time, greedy, guards off, on the llama.cpp backend:
   (target <= 2x), both ways;
 * the merged files' size, and the KV cache each merged pool adds.
 
-    python -m benchmarks.merged_adapters                 # about 2 minutes on 2 cores (3 probes)
+    python -m benchmarks.merged_adapters                 # 4 probes a variant; --probes 3 took 2 minutes here
     python -m benchmarks.merged_adapters --probes 2 --json merged.json
 """
 
