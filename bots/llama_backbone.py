@@ -318,7 +318,7 @@ class LlamaCppBackbone(BackboneBase):
 
     def _kv_file(self, prompt_ids: list[int], adapter: str | None) -> Path:
         """The prefix KV cache file of a prompt: keyed by the base, the adapter's weights and the tokens."""
-        merged = ":merged" if adapter is not None and self._pool_of(adapter).merged else ""
+        merged = f":merged-{self.config.merged_weight_type}" if adapter is not None and self._pool_of(adapter).merged else ""
         # The lane count is in the key: llama.cpp refuses a sequence file saved by a context
         # with another number of sequences (its KV streams), so each count keeps its own files.
         lanes = f":lanes={self.config.lanes}" if self.config.lanes != LlamaServingConfig.lanes else ""
@@ -449,7 +449,11 @@ class LlamaCppBackbone(BackboneBase):
             if job.cancelled.is_set():
                 job.tokens.put(None)
                 continue
-            lane = self._pick_lane(job)
+            try:
+                lane = self._pick_lane(job)
+            except LlamaEngineError as exc:  # no memory for a merged pool's context: this job fails, the server goes on
+                job.tokens.put(GenerationError(f"llama.cpp could not open a context for adapter {job.adapter}: {exc}"))
+                continue
             if lane is None:
                 still_waiting.append(job)
                 continue

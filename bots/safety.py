@@ -93,8 +93,6 @@ class SafetyRules:
     general_opening: re.Pattern[str]
     general_topic: re.Pattern[str]
     general_personal: re.Pattern[str]
-    general_hypothetical: re.Pattern[str]
-    general_now: re.Pattern[str]
     escalation_texts: dict[str, str]
     red_flags: tuple[_RedFlag, ...]
     injection: tuple[tuple[str, re.Pattern[str]], ...]
@@ -167,8 +165,6 @@ class SafetyRules:
             general_opening=compile_(general["opening"]),
             general_topic=compile_(general["topic"]),
             general_personal=compile_(general["personal"]),
-            general_hypothetical=compile_(general["hypothetical"]),
-            general_now=compile_(general["now_cues"]),
             escalation_texts={k: " ".join(v.split()) for k, v in data["escalation_texts"].items()},
             red_flags=tuple(red_flag(k, v) for k, v in data["red_flags"].items()),
             injection=tuple((k, compile_(v, 0 if k in case_sensitive else re.IGNORECASE)) for k, v in data["injection"].items()),
@@ -316,11 +312,7 @@ def _is_general_question(text: str) -> bool:
     who is affected, so it is left out before looking for the opening and personal words.
     """
     text = RULES.general_preface.sub("", text, count=1)
-    if RULES.general_opening.search(text) and RULES.general_topic.search(text) and not RULES.general_personal.search(text):
-        return True
-    # Asked ahead of time ("what should I do if someone ever ..."), with nothing saying it is happening.
-    # A question only: a statement that opens "for my exam" may go on to describe a real emergency.
-    return bool("?" in text and RULES.general_hypothetical.search(text) and not RULES.general_now.search(text) and not RULES.episode_present.search(text))
+    return bool(RULES.general_opening.search(text) and RULES.general_topic.search(text) and not RULES.general_personal.search(text))
 
 
 def _is_resolved_episode(text: str) -> bool:

@@ -157,6 +157,7 @@ def test_the_joint_choice_overrules_the_rules_false_alarms_the_detector_is_sure_
     assert alarm[tiers == "emergency"].all()  # the target recall holds
     assert alarm[tiers == "routine"].sum() == 1  # only the 0.5 match is left: it scores above an emergency
     assert veto <= threshold
+    assert veto <= 0.4  # never above the dev emergency the rules catch: it stands
     # The margin rule keeps more of the rules' false alarms: half the lowest caught emergency (0.2) overrules two.
     margin = choose_rules_veto(p, rules, tiers == "emergency", 0.5)
     assert ((rules & (p >= margin)) | (p >= choose_emergency_threshold(p, rules, tiers == "emergency", 1.0, margin)))[tiers == "routine"].sum() >= 1

@@ -428,7 +428,7 @@ def test_an_interrupted_run_resumes_with_reuse_on_its_own_folder(full_runtime: R
 
 
 def test_a_half_written_last_line_of_an_interrupted_run_is_dropped_and_other_damage_is_an_error(tmp_path: Path) -> None:
-    from training.eval_reuse import PARTIAL_META, PARTIAL_REPLIES, ReuseError, load_previous
+    from training.eval_reuse import PARTIAL_META, PARTIAL_REPLIES, ReuseError, append_partial, load_previous, start_partial
 
     serving = {"base": "b", "backend": "llamacpp", "llama_cpp": "0", "settings": {}}
     (tmp_path / PARTIAL_META).write_text(json.dumps({"serving": serving, "date": "d"}))
@@ -437,6 +437,10 @@ def test_a_half_written_last_line_of_an_interrupted_run_is_dropped_and_other_dam
     (tmp_path / PARTIAL_REPLIES).write_text("\n".join([*lines, lines[0][:17]]))  # stopped while writing the third
     previous = load_previous(tmp_path, serving)
     assert sorted(key[2] for key in previous.records) == ["0", "1"] and previous.partial_taken
+    # Resumed on its own folder: the broken tail is cut, so the next rows stand on lines of their own.
+    start_partial(tmp_path, serving, "d2", keep=True)
+    append_partial(tmp_path, [{**rows[0], "case_id": "2"}])
+    assert sorted(key[2] for key in load_previous(tmp_path, serving).records) == ["0", "1", "2"]
     (tmp_path / PARTIAL_REPLIES).write_text("\n".join([lines[0], lines[1][:17], lines[1]]))
     with pytest.raises(ReuseError, match="line 2 is not JSON"):
         load_previous(tmp_path, serving)

@@ -587,3 +587,21 @@ def test_prefix_kv_files_are_kept_apart_by_lane_count(tmp_path: Path) -> None:
         files.setdefault(lanes, set()).add(backbone._kv_file([1, 2, 3], None))
         backbone.close()
     assert len(files[3]) == 1 and files[2] != files[3]
+
+
+@needs_llama
+def test_a_pool_that_cannot_open_fails_its_request_and_the_server_goes_on(merged_backbone, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bots.backbone_base import GenerationError
+    from bots.llama_engine import LlamaEngineError
+
+    merged, _ = merged_backbone
+    pool = merged._pools["ecommerce"]
+
+    def no_memory(*args: object) -> None:
+        raise LlamaEngineError("out of memory")
+
+    monkeypatch.setattr(pool, "open", no_memory)
+    with pytest.raises(GenerationError, match="could not open a context for adapter ecommerce"):
+        _greedy_reply(merged, MERGE_QUESTIONS[0], "ecommerce", steps=4)
+    monkeypatch.undo()
+    assert _greedy_reply(merged, MERGE_QUESTIONS[0], None, steps=4)[1]  # the scheduler still answers

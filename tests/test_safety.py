@@ -192,37 +192,21 @@ def test_v4_look_alikes_stay_ordinary(text: str) -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        "my laptop had a seizure and froze right in the middle of my presentation",
-        "Mum had a fit when she saw the state of my bedroom.",
-        "my dad nearly had a stroke when he saw how much my textbooks cost",
-        "overdosed on Christmas chocolate again this year",
-        "the company is haemorrhaging staff since the new CEO started",
-        "I laughed so hard at the speech that I couldn't breathe",
-        "Mum had a stroke in January and she's home now. How can we make her bathroom safer?",
-        "Grandad passed out from the heat on holiday two summers ago and has been fine since",
-        "what do I do if my toddler ever has a febrile convulsion? want to be prepared",
-        "For my first aid course: how do you put an unconscious person in the recovery position?",
-        "had chest pain at a wedding two weeks ago, A&E did bloods and an ECG and said it was reflux",
+        # A review found these cleared by a set of figure-of-speech rewrites and "it is over" cues
+        # (withdrawn): real emergencies that the rules must keep catching.
+        "my dad is having a heart attack at the gym",
+        "my wife is having a seizure at the supermarket",
+        "I just got the worst headache of my life at work, it came on suddenly",
+        "she overdosed on paracetamol and coffee",
+        "he has been fine since his operation last week but an hour ago he collapsed and isnt breathing properly",
+        "my mum was treated for chest pain yesterday and sent home but tonight she has crushing chest pain and cant breathe",
+        "my dad had a stroke in january, tests came back normal, but his face is drooping and his speech is slurred",
+        "As a teacher what do I do? A boy in my class collapsed and isnt breathing.",
+        "I was working late for my project and suddenly my face feels droopy and my speech is slurred, what should I do?",
     ],
 )
-def test_v5_figures_of_speech_and_episodes_that_are_over_stay_ordinary(text: str) -> None:
-    assert detect_emergency(text) is None
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "my dad is having a stroke, his face is drooping",
-        "she overdosed on her sleeping pills an hour ago",
-        "Mum had a stroke in January and now her face is drooping again",
-        "my son is having a seizure and it has lasted six minutes",
-        "he nearly passed out and now he is not responding",
-        "a student in my class collapsed and her arms and legs are going rigid and shaking",
-        "For my exam tomorrow I had to stop revising: my chest is crushing and my left arm is numb",
-    ],
-)
-def test_v5_rewrites_leave_real_emergencies_alone(text: str) -> None:
-    assert detect_emergency(text) is not None
+def test_emergencies_next_to_everyday_words_or_an_earlier_episode_are_still_caught(text: str) -> None:
+    assert detect_emergency(text) is not None, text
 
 
 def test_macros_may_use_macros_but_not_themselves(tmp_path: Path) -> None:

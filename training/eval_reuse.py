@@ -143,7 +143,8 @@ class ReuseError(ValueError):
 def _rows(path: Path, interrupted: bool) -> list[dict[str, Any]]:
     """The rows of a replies file. An interrupted run may have been stopped halfway through
     writing its last line: that line is dropped (its case is run again); anything else broken is an error."""
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    # errors="replace": a stop inside a multi-byte character leaves bytes that are not UTF-8.
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
     rows = []
     for number, line in enumerate(lines, 1):
         try:
@@ -162,8 +163,13 @@ def start_partial(folder: Path, serving: Mapping[str, Any], date: str, keep: boo
     that a second stop loses nothing the first run had kept."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / PARTIAL_META).write_text(json.dumps({"serving": dict(serving), "date": date}, indent=2) + "\n", encoding="utf-8")
-    if not keep or not (folder / PARTIAL_REPLIES).is_file():
-        (folder / PARTIAL_REPLIES).write_text("", encoding="utf-8")
+    partial = folder / PARTIAL_REPLIES
+    if not keep or not partial.is_file():
+        partial.write_text("", encoding="utf-8")
+        return
+    data = partial.read_bytes()
+    if data and not data.endswith(b"\n"):  # stopped while writing a line: cut it, so new rows start on a line of their own
+        partial.write_bytes(data[: data.rfind(b"\n") + 1])
 
 
 def append_partial(folder: Path, rows: list[dict[str, Any]]) -> None:

@@ -72,7 +72,8 @@ class FitConfig:
     they depend only on the base, the backend and the block."""
     veto_choice: str = "joint"
     """"joint": the veto and the emergency threshold chosen together, the pair with the fewest
-    dev false alarms at the target recall (the veto no higher than the threshold); "margin": as above."""
+    dev false alarms at the target recall (the veto no higher than the threshold, and never
+    above a dev emergency the rules catch); "margin": as above."""
 
 
 def embed_all(backbone: BackboneBase, texts: Sequence[str], blocks: int | None, label: str = "embedding", cache: Path | None = None) -> np.ndarray:
@@ -129,12 +130,17 @@ def choose_rules_veto(p_emergency: np.ndarray, rules_hit: np.ndarray, is_emergen
 def choose_veto_and_threshold(p_emergency: np.ndarray, rules_hit: np.ndarray, tiers: np.ndarray, target: float) -> tuple[float, float]:
     """The (veto, threshold) pair with the fewest false alarms on routine dev messages at which
     rules (unless overruled below the veto) OR (p >= threshold) still catch ``target`` of the
-    dev emergencies. Candidate vetoes: 0 and just above each score of a rules match; ties go to
-    the lower veto (the rules stand more often)."""
+    dev emergencies. Candidate vetoes: 0 and just above each score of a rules match, never above
+    the lowest score of a dev emergency the rules catch (so none of those is overruled); ties go
+    to the lower veto (the rules stand more often)."""
     is_emergency, is_routine = tiers == "emergency", tiers == "routine"
     best: tuple[float, float, float] | None = None  # (false alarms, veto, threshold)
+    # Safety first: no veto may overrule a dev emergency the rules catch (the lowest such score caps it).
+    caught = p_emergency[rules_hit & is_emergency]
+    cap = float(caught.min()) if len(caught) else 1.0
     # A match stands at p >= veto: to overrule the match scoring s, the veto sits just above s.
-    for veto in sorted({0.0} | {float(np.nextafter(score, 1.0)) for score in p_emergency[rules_hit]}):
+    candidates = {0.0} | {float(np.nextafter(score, 1.0)) for score in p_emergency[rules_hit]}
+    for veto in sorted(v for v in candidates if v <= cap):
         threshold = choose_emergency_threshold(p_emergency, rules_hit, is_emergency, target, veto)
         veto = min(veto, threshold)
         alarm = (rules_hit & (p_emergency >= veto)) | (p_emergency >= threshold)
