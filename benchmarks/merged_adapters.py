@@ -145,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     results.compare = {"run-time": measure_compare(runtime_path, settings), "merged": measure_compare(merged, settings)}
     backbone = merged.backbone
     for name, pool in backbone._pools.items():  # noqa: SLF001  a benchmark reads the backbone's insides
-        if pool.merged and backbone.base.path is not None:
-            results.files_mb[name] = Path(pool.model.path).stat().st_size / 1e6
+        if pool.merged:
+            results.files_mb[name] = pool.model.path.stat().st_size / 1e6
     results.kv_mb_per_pool = backbone.config.lanes * backbone.kv_bytes_per_lane() / 1e6
     print()
     print_report(results)

@@ -696,7 +696,7 @@ def run_evaluation(runtime: Runtime, config: EvalConfig) -> dict[str, Any]:
                 progress.describe(f"{variant}: perplexity")
                 todo = [c for c in domain_cases.sources.get(TEST_SOURCE, []) if c.case_id not in taken]
                 progress.advance(len(domain_cases.sources.get(TEST_SOURCE, [])) - len(todo))
-                nll = {**{k: v for k, v in taken.items() if v[0] is not None}, **reference_scores(bot, todo, progress)}
+                nll = {**taken, **reference_scores(bot, todo, progress)}  # taken holds scored replies only
                 rescored = []
                 for entry_records in variant_records.values():
                     for record in entry_records:
