@@ -90,6 +90,33 @@ class ReplyStream:
         return self
 
 
+@dataclass(frozen=True)
+class GuardOutcome:
+    """The guards' decision on one user message: the rules' screening and the emergency triage."""
+
+    screening: Screening | None
+    """None: the guards are off."""
+    triage: GuardDecision | None
+    """The emergency guard's decision (variants with ``emergency_guard``); None otherwise."""
+
+    @property
+    def canned_reply(self) -> str | None:
+        """A fixed reply sent instead of the model's (injection, off-topic), unless an emergency was triaged."""
+        if self.screening is None or (self.triage is not None and self.triage.acted):
+            return None
+        return self.screening.canned_reply
+
+    @property
+    def prefix(self) -> str:
+        """Text the reply opens with before the model continues ('' for none)."""
+        return self.triage.prefix if self.triage else ""
+
+    @property
+    def changes_reply(self) -> bool:
+        """Whether the reply differs from the model alone's."""
+        return self.canned_reply is not None or bool(self.prefix)
+
+
 @dataclass
 class Bot(ABC):
     spec: VariantSpec
@@ -118,14 +145,13 @@ class Bot(ABC):
             raise VariantUnavailable(f"{self.spec.name} is unavailable: {self.availability.reason}")
         settings = (settings or GenerationSettings()).validate()
         conversation = clean_conversation(conversation)
-        text = conversation[-1]["content"]
-        screening = screen(self.spec.domain, text) if guard else None
-        triage = self.emergency.assess(text, screening.emergency) if screening and self.spec.emergency_guard else None
-        if screening and screening.canned_reply and not (triage and triage.acted):
+        outcome = self.guard_outcome(conversation) if guard else GuardOutcome(None, None)
+        screening, triage = outcome.screening, outcome.triage
+        if outcome.canned_reply is not None and screening is not None:
             # Injection or clearly off-topic (and no emergency): answered without the model.
             stats = GenerationStats(stopped_by="guard")
-            return ReplyStream(iter([screening.canned_reply]), stats, guard_note=_guard_note(screening), triage=triage)
-        prefix = triage.prefix if triage else ""
+            return ReplyStream(iter([outcome.canned_reply]), stats, guard_note=_guard_note(screening), triage=triage)
+        prefix = outcome.prefix
         messages = self.render(conversation, override)
         fixed = messages[: len(messages) - len(conversation)]
         trimmed = self.backbone.fit_to_context(fixed, messages[len(fixed) :], settings.max_new_tokens)
@@ -136,6 +162,17 @@ class Bot(ABC):
         prefix_ids = self.backbone.encode_text(prefix)
         pieces = _Prefixed(prefix, self.backbone.stream(trimmed.prompt_ids + prefix_ids, self.adapter, settings, stats))
         return ReplyStream(pieces, stats, trimmed.notice, triage.note() if triage else "", triage=triage)
+
+    def guard_outcome(self, conversation: list[Message]) -> GuardOutcome:
+        """What the guards decide about the conversation's last message, before any generation.
+
+        Where it does not act, ``stream(..., guard=True)`` is the very reply of ``guard=False``
+        (the evaluation relies on this to reuse a model-alone reply).
+        """
+        text = clean_conversation(conversation)[-1]["content"]
+        screening = screen(self.spec.domain, text)
+        triage = self.emergency.assess(text, screening.emergency) if self.spec.emergency_guard else None
+        return GuardOutcome(screening, triage)
 
     def reply(self, conversation: list[Message], settings: GenerationSettings | None = None, override: PromptOverride | None = None, guard: bool = True) -> ReplyStream:
         """The whole reply at once (a consumed stream)."""

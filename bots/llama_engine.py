@@ -267,6 +267,26 @@ class Context:
             self.ctx = None
 
 
+def quantize_model(source: Path, target: Path, weight_type: str) -> Path:
+    """Write ``source`` with its weights quantised again to ``weight_type`` ('Q4_0', 'IQ4_NL', ...)
+    by llama.cpp's own quantiser (from already quantised weights: lossy, for measurements)."""
+    import llama_cpp
+
+    ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{weight_type.upper()}", None)
+    if ftype is None:
+        raise LlamaEngineError(f"llama.cpp has no weight type {weight_type!r}")
+    _quiet_llama_logs(llama_cpp)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype, params.allow_requantize, params.nthread = ftype, True, 1
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    if llama_cpp.llama_model_quantize(str(source).encode(), str(partial).encode(), ctypes.byref(params)) != 0:
+        partial.unlink(missing_ok=True)
+        raise LlamaEngineError(f"llama.cpp could not quantise {source} to {weight_type}")
+    os.replace(partial, target)  # a reader never sees half a file
+    return target
+
+
 def _quiet_llama_logs(llama_cpp: object) -> None:
     """llama.cpp logs every tensor it loads to stderr; keep warnings and errors only."""
     if getattr(_quiet_llama_logs, "installed", False):

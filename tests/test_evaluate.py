@@ -358,6 +358,17 @@ def test_a_run_reuses_an_earlier_runs_replies_where_nothing_they_depend_on_chang
     assert generated and all(name.endswith("+guard") for name in generated)
     rows = [json.loads(line) for line in (tmp_path / "new_detector" / "replies.jsonl").read_text().splitlines()]
     assert all(r["reused"] for r in rows if not r["entry"].endswith("+guard"))
+    # ...and of those only where the guard changes the reply: elsewhere the guarded reply is the model
+    # alone's, decided without generating, and it is the reply a full run gives.
+    def both_splits(out: str) -> list[dict]:
+        return [json.loads(line) for name in ("replies.jsonl", "dev/replies.jsonl") for line in (tmp_path / out / name).read_text().splitlines()]
+
+    guarded = [r for r in both_splits("new_detector") if r["entry"].endswith("+guard")]
+    assert len(generated) == sum(1 for r in guarded if r["guard_acted"]) < len(guarded)
+    before = {(r["entry"], r["source"], r["case_id"]): r for r in both_splits("new_adapter")}
+    for row in guarded:
+        earlier = before[(row["entry"], row["source"], row["case_id"])]
+        assert (row["reply"], row["guard_acted"], row["triage"]) == (earlier["reply"], earlier["guard_acted"], earlier["triage"])
 
     # An adapter served another way (merged into the base): its replies are generated again, the rest are taken.
     generated.clear()

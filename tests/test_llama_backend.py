@@ -605,3 +605,24 @@ def test_a_pool_that_cannot_open_fails_its_request_and_the_server_goes_on(merged
         _greedy_reply(merged, MERGE_QUESTIONS[0], "ecommerce", steps=4)
     monkeypatch.undo()
     assert _greedy_reply(merged, MERGE_QUESTIONS[0], None, steps=4)[1]  # the scheduler still answers
+
+
+@needs_llama
+def test_a_model_quantised_again_loads_with_its_weights_in_the_new_type_and_a_failure_leaves_no_file(tmp_path: Path) -> None:
+    import gguf
+
+    from bots.gguf_truncate import truncate_gguf
+    from bots.llama_engine import LlamaEngineError, LlamaModel, quantize_model
+
+    small = truncate_gguf(embedded_gguf_path(), 1, tmp_path / "one-block.gguf")  # quick to quantise
+    out = quantize_model(small, tmp_path / "q4_0" / "one-block-Q4_0.gguf", "Q4_0")
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(out)).tensors}
+    assert types["blk.0.ffn_up.weight"] == "Q4_0" and types["blk.0.attn_norm.weight"] == "F32"
+    model = LlamaModel(out, 1)
+    assert model.n_layer == 1 and model.tokenize("hello") == LlamaModel(small, 1).tokenize("hello")
+    with pytest.raises(LlamaEngineError, match="no weight type"):
+        quantize_model(small, tmp_path / "x.gguf", "Q9_9")
+    (tmp_path / "not.gguf").write_bytes(b"not a model")
+    with pytest.raises(LlamaEngineError, match="could not quantise"):
+        quantize_model(tmp_path / "not.gguf", tmp_path / "bad" / "bad.gguf", "Q4_0")
+    assert list((tmp_path / "bad").iterdir()) == []

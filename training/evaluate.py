@@ -327,6 +327,9 @@ def run_variant(
         """Taken from the earlier run, else the guarded reply where the guard did not act, else generated."""
         fingerprint = reply_fingerprint(bot, entry.name, list(case.conversation), adapter_sha, bool(entry.guard))
         row = previous.take(entry.name, case.source, case.case_id, fingerprint) if previous else None
+        kept = None if row is not None or not entry.guard else unchanged_by_guard(case)
+        if kept is not None:
+            return kept
         if row is not None:
             record = taken_record(row, case, domain)
         elif same_as is not None:
@@ -334,6 +337,23 @@ def run_variant(
         else:
             record = generate(bot, entry, case, settings)
         record.fingerprint = fingerprint
+        return record
+
+    def unchanged_by_guard(case: EvalCase) -> ReplyRecord | None:
+        """The guarded reply without generating it: the earlier run's model-alone reply, where today's
+        guard leaves that reply as it is (only the guard changed since: a new rule or detector)."""
+        if guarded is None or alone is None or previous is None:
+            return None
+        alone_fingerprint = reply_fingerprint(bot, alone.name, list(case.conversation), adapter_sha, False)
+        row = previous.take(alone.name, case.source, case.case_id, alone_fingerprint)
+        if row is None:
+            return None
+        outcome = bot.guard_outcome(list(case.conversation))
+        if outcome.changes_reply:
+            return None
+        record = replace(taken_record(row, case, domain), entry=guarded.name, guard_acted=False)
+        record.triage = outcome.triage.record() if outcome.triage else None
+        record.fingerprint = reply_fingerprint(bot, guarded.name, list(case.conversation), adapter_sha, True)
         return record
 
     def one(case: EvalCase) -> list[ReplyRecord]:
