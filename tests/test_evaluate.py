@@ -339,6 +339,9 @@ def test_a_run_reuses_an_earlier_runs_replies_where_nothing_they_depend_on_chang
     assert set(taken) == set(again["meta"]["counts"])
     assert all(taken[name] == sum(counts.values()) + sum(dev_counts[name].values()) > 0 for name, counts in again["meta"]["counts"].items())  # both splits
     assert all(json.loads(line)["reused"] for line in (tmp_path / "again" / "replies.jsonl").read_text().splitlines())
+    # The header's minutes are this run's only, and it says so.
+    assert f"it took {sum(taken.values())} replies from earlier runs" in (tmp_path / "again" / "report.md").read_text()
+    assert "from earlier runs" not in (tmp_path / "first" / "report.md").read_text()
 
     # A new adapter: only that variant's replies are generated again.
     save_tiny_adapter(Path(full_runtime.bot("ecommerce-lora").adapter_path), seed=7)
