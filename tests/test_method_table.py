@@ -69,7 +69,8 @@ def test_every_row_comes_from_its_measurement(tmp_path: Path) -> None:
     (reports / "results.json").write_text(json.dumps(fake_results()))
     write_drift(reports)
     write_adapter_log(tmp_path / "adapters" / "ecommerce")
-    memory = {"lora": {"peak_rss_mb": 480.0, "backend": "llamacpp"}, "prompt": {"peak_rss_mb": 450.0, "backend": "llamacpp"}}
+    timed = {"ecommerce-lora": {"replies": 4, "ttft_s": 0.123, "latency_s": 1.456, "new_tokens": 60.0}}
+    memory = {"lora": {"peak_rss_mb": 480.0, "backend": "llamacpp", "timings": timed}, "prompt": {"peak_rss_mb": 450.0, "backend": "llamacpp"}}
     table = method_table.build_table(fake_results(), method_table.load_table_config(), tmp_path / "adapters", reports, memory)
     block = table["domains"]["ecommerce"]
     assert block["methods"] == ["lora", "prompt", "base"]  # guarded entries are not methods
@@ -86,7 +87,9 @@ def test_every_row_comes_from_its_measurement(tmp_path: Path) -> None:
     assert "fact accuracy 60% [50%, 70%]" in cells["performance"]["lora"]
     assert cells["resources"]["lora"] == "training: 10.0 min on 2 CPU threads, peak 2100 MB; serving: peak 480 MB"
     assert "serving memory not measured" in cells["resources"]["base"]
-    assert cells["cost per reply"]["lora"] == "74 [74, 74] prompt tokens; time to first token 0.20 [0.10, 0.30] s; latency 3.00 [2.90, 3.10] s"
+    # Timings come from the quiet serving process, not from the report's replies in flight.
+    assert cells["cost per reply"]["lora"] == "74 [74, 74] prompt tokens; one reply at a time: time to first token 0.12 s, latency 1.46 s for 60 new tokens (median of 4)"
+    assert cells["cost per reply"]["prompt"].endswith("time to first token and latency not measured one at a time")
 
     (reports / TABLE_FILE).write_text(json.dumps(table))
     text = table_markdown(table)
@@ -99,11 +102,12 @@ def test_serving_memory_runs_one_process_per_method_without_adapters_where_unuse
 
     def run(command: list[str], env: dict, **_: object) -> subprocess.CompletedProcess:
         calls.append((command, env.get("TOP_ADAPTERS_DIR")))
-        method = command[-1]
+        method = command[command.index("--memory-child") + 1]
         line = method_table.MEMORY_TAG + json.dumps({"method": method, "peak_rss_mb": 400.0 + len(method), "backend": "llamacpp"})
         return subprocess.CompletedProcess(command, 0, stdout=f"noise\n{line}\n", stderr="")
 
-    figures = method_table.measure_serving_memory(["lora", "prompt"], {"lora"}, run=run)
+    figures = method_table.measure_serving_memory(["lora", "prompt"], {"lora"}, run=run, max_new_tokens=48)
+    assert all(command[-2:] == ["--max-new-tokens", "48"] for command, _ in calls)
     assert figures["lora"]["peak_rss_mb"] == 404.0 and figures["prompt"]["peak_rss_mb"] == 406.0
     assert calls[0][1] == os.environ.get("TOP_ADAPTERS_DIR")  # the lora process keeps its adapters
     assert calls[1][1] is not None and calls[1][1] != os.environ.get("TOP_ADAPTERS_DIR")  # the prompt process loads none
@@ -122,3 +126,29 @@ def test_the_command_needs_results(tmp_path: Path, capsys: pytest.CaptureFixture
         method_table.main(["--out", str(tmp_path), "--no-measure"])
     assert exit_info.value.code == 2
     assert "run python -m training.evaluate first" in capsys.readouterr().err
+
+
+def test_the_timed_questions_are_test_split_probes_of_each_domains_bench_source() -> None:
+    import domains
+
+    for name in domains.names():
+        pack = domains.pack(name)
+        rows = [json.loads(line) for line in (method_table.PROBES_DIR / pack.probe(pack.bench_probe_source).file).read_text().splitlines() if line.strip()]
+        questions = method_table.timed_questions(name)
+        assert len(questions) == method_table.TIMED_QUESTIONS
+        assert set(questions) <= {row["question"] for row in rows if row["split"] == "test"}
+
+
+def test_the_serving_child_reports_its_memory_and_times_each_variant_one_reply_at_a_time(tiny_base, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from bots import registry
+
+    runtime = registry.Runtime.from_base(tiny_base, tmp_path / "no-adapters")
+    monkeypatch.setattr(registry, "get_runtime", lambda: runtime)
+    method_table.memory_child("prompt", max_new_tokens=3)
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(method_table.MEMORY_TAG))
+    figures = json.loads(line[len(method_table.MEMORY_TAG) :])
+    prompt_variants = [name for name, bot in runtime.bots.items() if bot.spec.method == "prompt" and bot.availability.ok]
+    assert figures["answered"] == prompt_variants and figures["peak_rss_mb"] > 0 and figures["max_new_tokens"] == 3
+    for name in prompt_variants:
+        timed = figures["timings"][name]
+        assert timed["replies"] == method_table.TIMED_QUESTIONS and 0 < timed["ttft_s"] <= timed["latency_s"] and 0 < timed["new_tokens"] <= 3

@@ -4,12 +4,15 @@ Rows: scope (words, the only row not measured), data needed, model updates, adap
 performance, resources and cost per reply. Nothing is computed twice: each row is read from
 what measured it:
 
-- performance and cost per reply: the evaluation (``results.json``; the model alone);
+- performance and prompt tokens: the evaluation (``results.json``; the model alone);
 - data needed and model updates: the adapters' training logs and weights, and the prompt files;
 - adaptability: the fact-drift test (``fact_drift_<domain>.json``) and the adapter's training time;
 - resources: training time and peak memory from the training logs (or the data-efficiency
   curve's runs where an old log lacks the memory), and serving memory measured here: one
-  fresh process per method loads the base and answers one message with that method's variants.
+  fresh process per method loads the base and answers one message with that method's variants;
+- time to first token and latency: measured in that same fresh process, one reply at a time
+  (``TIMED_QUESTIONS`` test-split questions of each domain's bench probe source), because the
+  evaluation's own timings are taken with many replies in flight and across resumed runs.
 
     python -m training.method_table                 # measure serving memory, write the table, refresh report.md
     python -m training.method_table --no-measure    # keep the memory figures of the last run
@@ -32,6 +35,7 @@ from typing import Any
 
 import yaml
 
+import domains
 from bots.cli_args import CommandParser
 from prompts import load_prompt_spec
 from training import metrics as m
@@ -47,6 +51,9 @@ TABLE_CONFIG = Path(__file__).resolve().parent / "method_table.yaml"
 ADAPTERS = REPO_ROOT / "bots" / "adapters"
 MEMORY_MESSAGE = "How long do I have to return an item, and is it safe to take ibuprofen for a headache?"
 MEMORY_TAG = "MEMORY "
+PROBES_DIR = Path(__file__).resolve().parent / "probes"
+TIMED_QUESTIONS = 4
+"""Replies timed per variant in the serving process, one at a time (the median is reported)."""
 
 
 @dataclass(frozen=True)
@@ -68,8 +75,18 @@ def load_table_config(path: Path = TABLE_CONFIG) -> TableConfig:
 # --------------------------------------------------------------------------- serving memory
 
 
-def memory_child(method: str) -> None:
-    """In a fresh process: load the runtime, answer one message with every variant of ``method``, print the peak RSS."""
+def timed_questions(domain: str, count: int = TIMED_QUESTIONS) -> list[str]:
+    """The first ``count`` test-split questions of the domain's bench probe source (its pack says which)."""
+    pack = domains.pack(domain)
+    rows = [json.loads(line) for line in (PROBES_DIR / pack.probe(pack.bench_probe_source).file).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [row["question"] for row in rows if row.get("split") == "test"][:count]
+
+
+def memory_child(method: str, max_new_tokens: int = 32) -> None:
+    """In a fresh process: load the runtime, answer one message with every variant of ``method``
+    (the warm-up), print the peak RSS; then time a few replies per variant, one at a time."""
+    from statistics import median
+
     from bots.generation import GenerationSettings
     from bots.registry import get_runtime
 
@@ -80,18 +97,26 @@ def memory_child(method: str) -> None:
             bot.reply([{"role": "user", "content": MEMORY_MESSAGE}], GenerationSettings(max_new_tokens=32), guard=False)
             answered.append(name)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(MEMORY_TAG + json.dumps({"method": method, "answered": answered, "peak_rss_mb": round(peak, 1), "backend": runtime.backbone.backend}), flush=True)
+    timings = {}
+    for name in answered:
+        bot = runtime.bots[name]
+        stats = [bot.reply([{"role": "user", "content": q}], GenerationSettings(max_new_tokens=max_new_tokens), guard=False).stats for q in timed_questions(bot.spec.domain)]
+        timings[name] = {"replies": len(stats), "ttft_s": round(median(s.ttft_s for s in stats), 3), "latency_s": round(median(s.latency_s for s in stats), 3), "new_tokens": round(median(s.new_tokens for s in stats), 1)}
+    figures = {"method": method, "answered": answered, "peak_rss_mb": round(peak, 1), "backend": runtime.backbone.backend, "max_new_tokens": max_new_tokens, "timings": timings}
+    print(MEMORY_TAG + json.dumps(figures), flush=True)
 
 
-def measure_serving_memory(methods: list[str], needs_adapters: set[str], run: Any = subprocess.run) -> dict[str, dict[str, Any]]:
-    """Peak resident memory of a process serving each method alone (adapters loaded only where the method uses them)."""
+def measure_serving_memory(methods: list[str], needs_adapters: set[str], run: Any = subprocess.run, max_new_tokens: int = 32) -> dict[str, dict[str, Any]]:
+    """Peak resident memory of a process serving each method alone (adapters loaded only where the
+    method uses them), and its variants' replies timed one at a time."""
     figures = {}
     with tempfile.TemporaryDirectory() as no_adapters:
         for method in methods:
             env = dict(os.environ)
             if method not in needs_adapters:
                 env["TOP_ADAPTERS_DIR"] = no_adapters
-            proc = run([sys.executable, "-m", "training.method_table", "--memory-child", method], env=env, capture_output=True, text=True, check=False, cwd=REPO_ROOT)
+            command = [sys.executable, "-m", "training.method_table", "--memory-child", method, "--max-new-tokens", str(max_new_tokens)]
+            proc = run(command, env=env, capture_output=True, text=True, check=False, cwd=REPO_ROOT)
             lines = [line for line in proc.stdout.splitlines() if line.startswith(MEMORY_TAG)]
             if proc.returncode or not lines:
                 raise RuntimeError(f"memory measurement of {method} failed: {proc.stderr[-1500:]}")
@@ -208,17 +233,22 @@ def domain_rows(
         return f"training: none; {serve}"
 
     add("resources", resources)
-    add(
-        "cost per reply",
-        lambda method, name: (
-            f"{_with_interval(results, name, 'prompt_tokens', 0)} prompt tokens; time to first token "
-            f"{_with_interval(results, name, 'ttft_s', 2)} s; latency {_with_interval(results, name, 'latency_s', 2)} s"
-        ),
-    )
+    def cost(method: str, name: str) -> str:
+        tokens = f"{_with_interval(results, name, 'prompt_tokens', 0)} prompt tokens"
+        timed = ((memory.get(method) or {}).get("timings") or {}).get(name)
+        if not timed:
+            return f"{tokens}; time to first token and latency not measured one at a time"
+        return (
+            f"{tokens}; one reply at a time: time to first token {timed['ttft_s']:.2f} s, "
+            f"latency {timed['latency_s']:.2f} s for {timed['new_tokens']:.0f} new tokens (median of {timed['replies']})"
+        )
+
+    add("cost per reply", cost)
     notes = []
     if memory:
         backend = next(iter(memory.values())).get("backend")
         notes.append(f"Serving memory: peak RSS of a fresh {backend} process that loads the base (and the adapters only where the method uses them) and answers one message with each variant of the method; the KV cache is allocated up front, so a longer prompt costs cache cells, not more memory.")
+        notes.append(f"Cost per reply: prompt tokens from this report; time to first token and latency timed in that fresh process, one reply at a time, on {TIMED_QUESTIONS} test-split questions per variant (the report's own timings are taken with several replies in flight).")
     if drift:
         notes.append("Adaptability: " + "; ".join(change["name"] for change in drift["changes"]) + f" (`python -m training.fact_drift --domain {domain}`), model alone.")
     return {"title": domain_title(domain), "methods": methods, "variants": {k: variants[k] for k in methods}, "rows": rows, "notes": notes}
@@ -241,10 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adapters-dir", type=Path, default=ADAPTERS, help="the shipped adapters (default: bots/adapters)")
     parser.add_argument("--config", type=Path, default=TABLE_CONFIG)
     parser.add_argument("--no-measure", action="store_true", help="reuse the serving-memory figures of the last table")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="reply length of the timed replies (default: the report's)")
     parser.add_argument("--memory-child", default=None, help=argparse_hidden())
     args = parser.parse_args(argv)
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        parser.error("--max-new-tokens must be at least 1")
     if args.memory_child:
-        memory_child(args.memory_child)
+        memory_child(args.memory_child, args.max_new_tokens or 32)
         return 0
     results = load_section_data(args.out, "results.json")
     if results is None:
@@ -257,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_measure:
         memory = ((load_section_data(args.out, TABLE_FILE) or {}).get("meta") or {}).get("memory", {})
     else:
-        memory = measure_serving_memory(methods, needs_adapters={"lora", "hybrid"})
+        reply_length = args.max_new_tokens or int((results["meta"].get("settings") or {}).get("max_new_tokens", 64))
+        memory = measure_serving_memory(methods, needs_adapters={"lora", "hybrid"}, max_new_tokens=reply_length)
     table = build_table(results, config, args.adapters_dir, args.out, memory)
     (args.out / TABLE_FILE).write_text(json.dumps(table, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     rerender_report(args.out)
