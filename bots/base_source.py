@@ -27,6 +27,7 @@ ENV_SOURCE = "TOP_BASE_MODEL"
 ENV_CACHE = "TOP_CACHE_DIR"
 ENV_BACKEND = "TOP_BACKEND"
 ENV_MERGE_ADAPTERS = "TOP_MERGE_ADAPTERS"
+ENV_THREADS = "TOP_THREADS"
 CACHE_META = "tune_or_prompt_base.json"
 
 
@@ -51,7 +52,7 @@ class BaseModelSpec:
     cache_dir: Path = field(default_factory=default_cache_dir)
     """Where the dequantised safetensors copy of the embedded GGUF is kept."""
     threads: int | None = None
-    """Compute threads; None keeps the backend's default (all cores)."""
+    """Compute threads; None keeps the backend's default (all cores). Env TOP_THREADS."""
     backend: str = "auto"
     """Serving backend: 'auto' (the fastest installed that can run this source), 'llamacpp' or 'transformers'."""
     lanes: int | None = None
@@ -66,7 +67,11 @@ class BaseModelSpec:
         chosen = source or os.environ.get(ENV_SOURCE) or EMBEDDED
         cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         merge = os.environ.get(ENV_MERGE_ADAPTERS, "").strip().lower() in ("1", "true", "yes", "on")
-        return cls(source=chosen, cache_dir=cache, backend=backend or os.environ.get(ENV_BACKEND) or "auto", merge_adapters=merge)
+        threads_text = os.environ.get(ENV_THREADS, "").strip()
+        if threads_text and not (threads_text.isdigit() and int(threads_text) > 0):
+            raise BaseModelError(f"{ENV_THREADS} must be a positive whole number of threads, not {threads_text!r}")
+        threads = int(threads_text) if threads_text else None
+        return cls(source=chosen, cache_dir=cache, backend=backend or os.environ.get(ENV_BACKEND) or "auto", merge_adapters=merge, threads=threads)
 
 
 def hub_id_of(source: str) -> str:

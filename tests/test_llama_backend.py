@@ -60,6 +60,17 @@ def test_merging_adapters_comes_from_the_environment(monkeypatch: pytest.MonkeyP
     assert BaseModelSpec.from_env().merge_adapters is merged
 
 
+def test_threads_come_from_the_environment_and_a_bad_value_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOP_THREADS", "1")
+    assert BaseModelSpec.from_env().threads == 1
+    monkeypatch.setenv("TOP_THREADS", "")
+    assert BaseModelSpec.from_env().threads is None
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("TOP_THREADS", bad)
+        with pytest.raises(BaseModelError, match="TOP_THREADS must be a positive whole number"):
+            BaseModelSpec.from_env()
+
+
 # --- the converter (no model) -------------------------------------------------------------------
 
 
@@ -626,3 +637,37 @@ def test_a_model_quantised_again_loads_with_its_weights_in_the_new_type_and_a_fa
     with pytest.raises(LlamaEngineError, match="could not quantise"):
         quantize_model(tmp_path / "not.gguf", tmp_path / "bad" / "bad.gguf", "Q4_0")
     assert list((tmp_path / "bad").iterdir()) == []
+
+
+@needs_llama
+def test_spare_lanes_keep_other_prompts_prefixes_while_at_most_running_replies_decode(tmp_path: Path) -> None:
+    """With more lanes than running replies a new reply picks among free lanes, so a variant's
+    cached prefix is not destroyed by whichever reply happened to finish first."""
+    from bots.llama_backbone import LlamaCppBackbone, LlamaServingConfig, load_gguf_base
+
+    backbone = LlamaCppBackbone(load_gguf_base(BaseModelSpec(cache_dir=tmp_path, backend="llamacpp")), config=LlamaServingConfig(lanes=4, running=2))
+    try:
+        assert backbone.parallel_replies == 2
+        most = 0
+        real_round = backbone._round
+
+        def counting_round() -> None:
+            nonlocal most
+            most = max(most, len(backbone._active))
+            real_round()
+
+        backbone._round = counting_round  # type: ignore[method-assign]
+        settings = GenerationSettings(max_new_tokens=6)
+        prompts = [backbone.encode_text(f"<|im_start|>user\nquestion {i} about socks<|im_end|>\n<|im_start|>assistant\n") for i in range(2)]
+        alone = [list(backbone.stream(ids, None, settings, GenerationStats())) for ids in prompts]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(6) as pool:  # six at once: two decode, the others wait their turn
+            together = list(pool.map(lambda ids: list(backbone.stream(ids, None, settings, GenerationStats())), prompts * 3))
+        assert together == alone * 3 and most == 2
+        # Both prompts' KV stayed in lanes of their own: asked again, all of the prompt but its last token is reused.
+        again = GenerationStats()
+        list(backbone.stream(prompts[0], None, settings, again))
+        assert again.cached_prompt_tokens == len(prompts[0]) - 1
+    finally:
+        backbone.close()

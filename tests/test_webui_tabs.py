@@ -214,3 +214,29 @@ PUBLIC_ENDPOINTS = {
 def test_api_page_lists_only_the_endpoints_a_client_should_call(client: Client) -> None:
     named = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert named == PUBLIC_ENDPOINTS  # no /lambda... or /show_variant helper of the page
+
+
+def test_a_streaming_pane_sends_its_first_piece_at_once_then_at_most_one_update_per_interval_and_the_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bots.backbone_base import GenerationError
+    from bots.bot import ReplyStream
+    from bots.generation import GenerationStats
+    from webui import turns
+
+    clock = iter(i * 0.1 for i in range(100))  # each piece arrives 0.1 s after the last
+    monkeypatch.setattr(turns.time, "monotonic", lambda: next(clock))
+
+    def pane(pieces: Iterator[str]) -> turns.PaneTurn:
+        return turns.PaneTurn("v", [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}], ReplyStream(pieces, GenerationStats()))
+
+    sent = [h[-1]["content"] for h in pane(iter("abcdefg")).updates(interval_s=0.25)]
+    assert sent[0] == "a" and sent[-1] == "abcdefg"  # nothing is held back at the start or lost at the end
+    assert len(sent) < 7 and sent == sorted(sent, key=len)  # fewer updates than pieces, each longer than the last
+    assert [h[-1]["content"] for h in pane(iter("abc")).updates(interval_s=0)] == ["a", "ab", "abc"]
+
+    def failing() -> Iterator[str]:
+        yield from "ab"
+        raise GenerationError("boom")
+
+    turn = pane(failing())
+    assert [h[-1]["content"] for h in turn.updates(interval_s=10)] == ["a", "ab"]  # the partial reply stays
+    assert turn.failure == "generation stopped: boom"
