@@ -103,7 +103,8 @@ def compare(message: str, scope: str, *settings_and_histories: object) -> Iterat
 
 def _interleaved(turns: list[PaneTurn], panes: dict[str, ChatHistory], stats: dict[str, object], frame: Callable[[str], tuple[object, ...]]) -> Iterator[tuple[object, ...]]:
     """All panes at once: the backbone batches their replies, so each pane gets a piece per round."""
-    live = {turn.name: (turn, turn.updates()) for turn in turns}
+    # Every piece, whatever STREAM_INTERVAL_S: waiting out one pane's interval would hold back the panes after it.
+    live = {turn.name: (turn, turn.updates(interval_s=0)) for turn in turns}
     for turn in turns:
         stats[turn.name] = "generating…"
     yield frame("")

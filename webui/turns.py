@@ -18,11 +18,11 @@ from bots.bot import Bot, PromptOverride, ReplyStream, VariantUnavailable
 from bots.generation import GenerationSettings
 from webui.common import ChatHistory, for_display, to_conversation
 
-STREAM_INTERVAL_S = 0.2
-"""At most one page update per pane this often while a reply streams (the first piece and the
-end are sent at once). One update per token cost more than the decoding under load: with 4
-sessions the page served half the requests per second of one session, the engine alone 1.14x
-(measured, benchmarks.loadtest)."""
+STREAM_INTERVAL_S = 0.0
+"""Least time between two page updates of a streaming pane (0: one per piece, the default). At
+0.2 s it took the page at 4 sessions from 0.50x to only 0.57x of one session, before the cause
+was found in the lanes (bots/llama_backbone.py), and it makes short replies appear at once
+rather than stream, so it stays off."""
 
 TURN_ERRORS: tuple[type[Exception], ...] = (ValueError, VariantUnavailable)
 """What a bad request raises before generation starts: ConversationError and SettingsError are
