@@ -324,7 +324,8 @@ def run_variant(
     domain = bot.spec.domain
 
     def reply(entry: Entry, case: EvalCase, same_as: ReplyRecord | None = None) -> ReplyRecord:
-        """Taken from the earlier run, else the guarded reply where the guard did not act, else generated."""
+        """Taken from the earlier run (for a guarded entry, its model-alone reply where today's guard
+        leaves it unchanged), else the guarded reply where the guard did not act, else generated."""
         fingerprint = reply_fingerprint(bot, entry.name, list(case.conversation), adapter_sha, bool(entry.guard))
         row = previous.take(entry.name, case.source, case.case_id, fingerprint) if previous else None
         kept = None if row is not None or not entry.guard else unchanged_by_guard(case)
@@ -342,8 +343,9 @@ def run_variant(
     def unchanged_by_guard(case: EvalCase) -> ReplyRecord | None:
         """The guarded reply without generating it: the earlier run's model-alone reply, where today's
         guard leaves that reply as it is (only the guard changed since: a new rule or detector)."""
-        if guarded is None or alone is None or previous is None:
+        if alone is None or previous is None:
             return None
+        assert guarded is not None  # called for the guarded entry only
         alone_fingerprint = reply_fingerprint(bot, alone.name, list(case.conversation), adapter_sha, False)
         row = previous.take(alone.name, case.source, case.case_id, alone_fingerprint)
         if row is None:

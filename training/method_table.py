@@ -40,6 +40,7 @@ from bots.cli_args import CommandParser
 from prompts import load_prompt_spec
 from training import metrics as m
 from training.curve_report import CURVE_FILE
+from training.eval_data import PROBES_DIR, read_probe_file
 from training.eval_report import domain_title
 from training.method_table_report import TABLE_FILE, table_markdown
 from training.report import LOG_FILE
@@ -51,7 +52,6 @@ TABLE_CONFIG = Path(__file__).resolve().parent / "method_table.yaml"
 ADAPTERS = REPO_ROOT / "bots" / "adapters"
 MEMORY_MESSAGE = "How long do I have to return an item, and is it safe to take ibuprofen for a headache?"
 MEMORY_TAG = "MEMORY "
-PROBES_DIR = Path(__file__).resolve().parent / "probes"
 TIMED_QUESTIONS = 4
 """Replies timed per variant in the serving process, one at a time (the median is reported)."""
 
@@ -78,8 +78,8 @@ def load_table_config(path: Path = TABLE_CONFIG) -> TableConfig:
 def timed_questions(domain: str, count: int = TIMED_QUESTIONS) -> list[str]:
     """The first ``count`` test-split questions of the domain's bench probe source (its pack says which)."""
     pack = domains.pack(domain)
-    rows = [json.loads(line) for line in (PROBES_DIR / pack.probe(pack.bench_probe_source).file).read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [row["question"] for row in rows if row.get("split") == "test"][:count]
+    rows = read_probe_file(PROBES_DIR / pack.probe(pack.bench_probe_source).file, ("question", "split"))
+    return [row["question"] for row in rows if row["split"] == "test"][:count]
 
 
 def memory_child(method: str, max_new_tokens: int = 32) -> None:
