@@ -71,6 +71,51 @@ class BM25Index:
 
 
 @dataclass(frozen=True)
+class QuestionVote:
+    """Questions labelled with the fact they ask about; the closest ones vote for their fact.
+
+    A fact's own words and keywords miss much of how people ask ("the courier reference",
+    "the quicker delivery tier"). The generated training dialogs hold hundreds of phrasings
+    per fact, so the ``neighbours`` questions BM25 ranks closest to a message add their match
+    scores to their facts, scaled so the best-voted fact gains ``weight`` (a fact's own score
+    is scaled the same way).
+    """
+
+    questions: tuple[tuple[str, str], ...]
+    """(question, fact topic) pairs."""
+    neighbours: int = 20
+    weight: float = 1.0
+
+
+class FactRanker:
+    """Ranks a fact sheet for a message: BM25 over the facts, plus the labelled questions' vote."""
+
+    def __init__(self, documents: Sequence[str], topics: Sequence[str], vote: QuestionVote | None = None) -> None:
+        self._facts = BM25Index(documents)
+        self._topics = list(topics)
+        self._vote = vote
+        self._questions = BM25Index([question for question, _ in vote.questions]) if vote else None
+
+    def scores(self, query: str) -> list[float]:
+        own = self._facts.scores(query)
+        if self._vote is None or self._questions is None:
+            return own
+        best_own = max(own, default=0.0) or 1.0
+        matches = self._questions.scores(query)
+        closest = sorted((i for i, score in enumerate(matches) if score > 0), key=lambda i: -matches[i])[: self._vote.neighbours]
+        votes: Counter[str] = Counter()
+        for i in closest:
+            votes[self._vote.questions[i][1]] += matches[i]
+        best_vote = max(votes.values(), default=0.0) or 1.0
+        return [score / best_own + self._vote.weight * votes[topic] / best_vote for score, topic in zip(own, self._topics, strict=True)]
+
+    def top(self, query: str, k: int, min_score: float = 0.0) -> list[int]:
+        """Indices of the ``k`` best facts scoring above ``min_score``, best first (ties: file order)."""
+        scored = [(score, -index) for index, score in enumerate(self.scores(query)) if score > min_score]
+        return [-index for _, index in sorted(scored, reverse=True)[:k]]
+
+
+@dataclass(frozen=True)
 class RetrievalSettings:
     """How much the prompt method retrieves (the prompt file's ``retrieval`` section)."""
 

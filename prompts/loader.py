@@ -15,6 +15,7 @@ Run ``python -m prompts ecommerce`` to print the rendered messages of a sample t
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -24,7 +25,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_core.prompts import ChatPromptTemplate, FewShotChatMessagePromptTemplate, MessagesPlaceholder
 
 import domains
-from prompts.bm25 import BM25ExampleSelector, BM25Index, RetrievalSettings
+from prompts.bm25 import BM25ExampleSelector, FactRanker, QuestionVote, RetrievalSettings
 
 PROMPTS_DIR = Path(__file__).resolve().parent
 RETRIEVAL_DIR = PROMPTS_DIR / "retrieval"
@@ -64,6 +65,8 @@ class RetrievalPrompt:
     facts_header: str
     settings: RetrievalSettings
     example_pool: tuple[FewShotExample, ...]
+    question_vote: QuestionVote | None = None
+    """Labelled questions that re-rank the facts (the pool's ``question_vote``); None: BM25 over the facts alone."""
 
 
 @dataclass(frozen=True)
@@ -175,7 +178,39 @@ def _parse_retrieval(raw: object, path: Path, domain: str, topics: set[str]) -> 
     if not examples or settings.facts < 0 or settings.examples < 0:
         raise PromptFileError(f"{path}: retrieval needs a non-empty example pool and non-negative 'facts' and 'examples'")
     header = str(raw.get("facts_header", "Facts:")).strip()
-    return RetrievalPrompt(system_prompt, header, settings, examples), keywords
+    vote = _parse_question_vote(pool.get("question_vote"), pool_path, topics)
+    return RetrievalPrompt(system_prompt, header, settings, examples, vote), keywords
+
+
+def _parse_question_vote(raw: object, pool_path: Path, topics: set[str]) -> QuestionVote | None:
+    """The pool's ``question_vote``: the first user turn of each dialog whose topic it maps to a fact."""
+    if raw is None:
+        return None
+    where = f"{pool_path}: question_vote"
+    if not isinstance(raw, dict) or not isinstance(raw.get("topics"), dict) or not raw.get("dialogs"):
+        raise PromptFileError(f"{where} needs 'dialogs' (a jsonl file) and 'topics' (dialog topic: fact topic)")
+    mapping = {str(key): str(value) for key, value in raw["topics"].items()}
+    unknown = sorted(set(mapping.values()) - topics)
+    if unknown:
+        raise PromptFileError(f"{where} maps to fact topics that are not in the fact sheet: {', '.join(unknown)}")
+    dialogs_path = pool_path.parent / str(raw["dialogs"])
+    try:
+        neighbours, weight = int(raw.get("neighbours", 20)), float(raw.get("weight", 1.0))
+        lines = dialogs_path.read_text(encoding="utf-8").splitlines()
+        questions = []
+        for line in filter(str.strip, lines):
+            dialog = json.loads(line)
+            fact_topic = mapping.get(str(dialog.get("topic")))
+            first_user = next((m["content"] for m in dialog["messages"] if m["role"] == "user"), None)
+            if fact_topic and first_user:
+                questions.append((str(first_user), fact_topic))
+    except OSError as exc:
+        raise PromptFileError(f"{where}: cannot read {dialogs_path} ({exc.strerror})") from exc
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise PromptFileError(f"{where}: {dialogs_path} must hold dialogs with 'topic' and 'messages' ({exc!r})") from exc
+    if not questions or neighbours < 1 or weight < 0:
+        raise PromptFileError(f"{where}: no dialog of {dialogs_path} has a mapped topic, or 'neighbours' < 1 or 'weight' < 0")
+    return QuestionVote(tuple(questions), neighbours, weight)
 
 
 def load_prompt_file(path: Path) -> PromptSpec:
@@ -244,7 +279,7 @@ def render_prompted(spec: PromptSpec, conversation: list[Message], system_prompt
 class RetrievalTools:
     """A domain's BM25 fact index and example selector, built once per prompt spec."""
 
-    facts: BM25Index
+    facts: FactRanker
     selector: BM25ExampleSelector
     template: ChatPromptTemplate
 
@@ -254,7 +289,8 @@ def retrieval_tools(spec: PromptSpec) -> RetrievalTools:
     design = spec.retrieval
     if design is None:
         raise PromptFileError(f"prompts/{spec.domain}.yaml has no 'retrieval' section")
-    facts = BM25Index([f"{fact.topic}. {fact.fact} {fact.keywords}" for fact in spec.fact_sheet])
+    documents = [f"{fact.topic}. {fact.fact} {fact.keywords}" for fact in spec.fact_sheet]
+    facts = FactRanker(documents, [fact.topic for fact in spec.fact_sheet], design.question_vote)
     examples = [{"user": shot.user, "assistant": shot.assistant} for shot in design.example_pool]
     selector = BM25ExampleSelector(examples, design.settings.examples, min_score=design.settings.min_score)
     example_prompt = ChatPromptTemplate.from_messages([("human", "{user}"), ("ai", "{assistant}")])

@@ -25,7 +25,10 @@ def test_the_shipped_designs_file_loads_and_each_design_changes_what_it_says() -
             assert changed is spec
         else:
             for key, value in design.retrieval.items():
-                assert getattr(changed.retrieval.settings, key) == (tuple(value) if isinstance(value, list) else value)
+                if key == "question_vote":
+                    assert (changed.retrieval.question_vote is not None) == value and spec.retrieval.question_vote is not None
+                else:
+                    assert getattr(changed.retrieval.settings, key) == (tuple(value) if isinstance(value, list) else value)
 
 
 def test_bad_designs_files_are_refused(tmp_path: Path) -> None:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
+
 import pytest
+import yaml
 from langchain_core.example_selectors import BaseExampleSelector
 
 from prompts import load_prompt_spec
-from prompts.bm25 import BM25ExampleSelector, BM25Index, stem, terms
-from prompts.loader import render_prompted, render_retrieval, retrieval_query, retrieved_facts
+from prompts.bm25 import BM25ExampleSelector, BM25Index, FactRanker, QuestionVote, stem, terms
+from prompts.loader import PromptFileError, load_prompt_file, render_prompted, render_retrieval, retrieval_query, retrieved_facts
+from training import retrieval_recall
 
 ECOMMERCE = load_prompt_spec("ecommerce")
 MEDICAL = load_prompt_spec("medical")
@@ -78,3 +84,76 @@ def test_prompt_lab_overrides_replace_the_instruction_and_the_examples() -> None
     assert messages[0]["content"].startswith("Be brief.") and "Payment methods" in messages[0]["content"]
     assert messages[1]["content"] == shots[0].user and len(messages) == 4
 
+
+
+def test_labelled_questions_vote_for_a_fact_its_own_words_miss() -> None:
+    documents, topics = ["returns within 30 days", "tracking number emailed when the order ships"], ["Returns", "Order tracking"]
+    question = "where can I see the courier reference"
+    assert FactRanker(documents, topics).top(question, 2) == []  # no word in common with either fact
+    vote = QuestionVote((("what is the courier reference of my parcel", "Order tracking"), ("send back boots", "Returns")), neighbours=1)
+    assert FactRanker(documents, topics, vote).top(question, 2) == [1]
+    # A fact's own match still counts: the vote re-ranks, it does not replace the facts' scores.
+    assert FactRanker(documents, topics, vote).top("returns within 30 days courier", 2)[0] == 0
+
+
+def test_the_shipped_vote_sends_facts_that_bm25_over_the_sheet_misses() -> None:
+    alone = dataclasses.replace(ECOMMERCE, retrieval=dataclasses.replace(ECOMMERCE.retrieval, question_vote=None))
+    question = "Is there a page in my profile that shows whether the thing I bought is on its way?"  # a dev probe
+    assert ECOMMERCE.retrieval.question_vote is not None and len(ECOMMERCE.retrieval.question_vote.questions) > 300
+    assert "Order tracking" not in [fact.topic for fact in retrieved_facts(alone, question)]
+    assert "Order tracking" in [fact.topic for fact in retrieved_facts(ECOMMERCE, question)]
+
+
+def _prompt_with_vote(tmp_path: Path, vote: dict) -> Path:
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "prompts" / "ecommerce.yaml").read_text(encoding="utf-8"))
+    pool = yaml.safe_load((Path(__file__).resolve().parents[1] / "prompts" / "retrieval" / "ecommerce.yaml").read_text(encoding="utf-8"))
+    pool["question_vote"] = vote
+    (tmp_path / "pool.yaml").write_text(yaml.safe_dump(pool), encoding="utf-8")
+    raw["retrieval"]["pool"] = "pool.yaml"
+    path = tmp_path / "ecommerce.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+def test_a_question_vote_reads_the_first_user_turn_of_mapped_dialogs(tmp_path: Path) -> None:
+    dialogs = [
+        {"topic": "returns", "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "send it back?"}, {"role": "assistant", "content": "a"}, {"role": "user", "content": "later turn"}]},
+        {"topic": "out_of_scope", "messages": [{"role": "user", "content": "a poem please"}]},
+    ]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(d) + "\n" for d in dialogs), encoding="utf-8")
+    spec = load_prompt_file(_prompt_with_vote(tmp_path, {"dialogs": "train.jsonl", "neighbours": 5, "topics": {"returns": "Returns"}}))
+    assert spec.retrieval.question_vote == QuestionVote((("send it back?", "Returns"),), neighbours=5, weight=1.0)
+
+
+@pytest.mark.parametrize(
+    ("vote", "problem"),
+    [
+        ({"dialogs": "missing.jsonl", "topics": {"returns": "Returns"}}, "cannot read"),
+        ({"dialogs": "train.jsonl", "topics": {"returns": "Gift wrapping"}}, "not in the fact sheet: Gift wrapping"),
+        ({"topics": {"returns": "Returns"}}, "needs 'dialogs'"),
+        ({"dialogs": "train.jsonl", "topics": {"warranty": "Warranty"}}, "no dialog"),
+        ({"dialogs": "broken.jsonl", "topics": {"returns": "Returns"}}, "must hold dialogs"),
+    ],
+)
+def test_a_bad_question_vote_names_the_problem(tmp_path: Path, vote: dict, problem: str) -> None:
+    (tmp_path / "train.jsonl").write_text(json.dumps({"topic": "returns", "messages": [{"role": "user", "content": "q"}]}) + "\n", encoding="utf-8")
+    (tmp_path / "broken.jsonl").write_text("{not json\n", encoding="utf-8")
+    with pytest.raises(PromptFileError, match=problem):
+        load_prompt_file(_prompt_with_vote(tmp_path, vote))
+
+
+def test_retrieval_recall_counts_the_probe_fact_among_those_sent(tmp_path: Path) -> None:
+    assert retrieval_recall.main(["--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / retrieval_recall.RESULT_FILE).read_text(encoding="utf-8"))
+    ecommerce = result["domains"]["ecommerce"]["rankers"]
+    alone, shipped = ecommerce["facts alone"], ecommerce["facts + question vote"]
+    assert result["split"] == "dev" and alone["probes"] == shipped["probes"] > 100
+    assert 0 < alone["sent"]["value"] < shipped["sent"]["value"] <= 1
+    assert alone["sent"]["ci_low"] < alone["sent"]["value"] < alone["sent"]["ci_high"]
+    assert "**facts + question vote** (shipped)" in (tmp_path / retrieval_recall.NOTES_FILE).read_text(encoding="utf-8")
+    # Probes of a shared file count only for their own domain.
+    medical = retrieval_recall.fact_probes(MEDICAL, "dev")
+    assert medical and all(p.topic in {f.topic for f in MEDICAL.fact_sheet} for p in medical)
+    shared = [json.loads(line) for name in ("out_of_scope.jsonl", "injection.jsonl") for line in (retrieval_recall.PROBES_DIR / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+    ecommerce_only = {row["question"] for row in shared if row["domain"] == "ecommerce"} - {row["question"] for row in shared if row["domain"] == "medical"}
+    assert ecommerce_only and not ecommerce_only & {p.question for p in medical}

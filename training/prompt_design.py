@@ -69,7 +69,7 @@ def load_designs(path: Path = DESIGNS) -> tuple[dict[str, tuple[str, ...]], dict
         if SHIPPED not in names or len(set(names)) != len(names):
             raise ValueError(f"{path}: {domain} needs one design named '{SHIPPED}' and distinct names")
         for design in designs[domain]:
-            unknown = set(design.retrieval) - RETRIEVAL_FIELDS - {"system_prompt"}
+            unknown = set(design.retrieval) - RETRIEVAL_FIELDS - {"system_prompt", "question_vote"}
             if unknown:
                 raise ValueError(f"{path}: {domain}/{design.name}: unknown retrieval field(s) {', '.join(sorted(unknown))}")
     for domain, keys in metrics.items():
@@ -91,7 +91,9 @@ def designed_prompt(spec: PromptSpec, design: Design) -> PromptSpec:
         changed["always"] = tuple(changed["always"])
     new_settings = RetrievalSettings(**{**dataclasses.asdict(settings), **changed})
     system_prompt = design.retrieval.get("system_prompt", spec.retrieval.system_prompt)
-    return dataclasses.replace(spec, retrieval=dataclasses.replace(spec.retrieval, settings=new_settings, system_prompt=str(system_prompt).strip()))
+    # question_vote: false ranks the facts by BM25 over the sheet alone (what the labelled questions add)
+    vote = spec.retrieval.question_vote if design.retrieval.get("question_vote", True) else None
+    return dataclasses.replace(spec, retrieval=dataclasses.replace(spec.retrieval, settings=new_settings, system_prompt=str(system_prompt).strip(), question_vote=vote))
 
 
 def design_bot(runtime: Runtime, domain: str, design: Design) -> Bot:
