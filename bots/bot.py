@@ -21,7 +21,7 @@ from bots.generation import GenerationSettings, GenerationStats
 from bots.guard import RULES_ONLY, EmergencyGuard, GuardDecision
 from bots.safety import Screening, screen
 from prompts import FewShotExample, PromptSpec, render_lora, render_prompted
-from prompts.loader import render_base, render_hybrid, render_retrieval, retrieval_query, retrieved_facts
+from prompts.loader import RetrievalPrompt, render_base, render_hybrid, render_retrieval, retrieval_query, retrieved_facts
 
 Message = dict[str, str]
 
@@ -227,9 +227,15 @@ class PromptedBot(Bot):
         )
 
 
+def _vote_note(design: RetrievalPrompt) -> str:
+    if design.question_vote is None:
+        return " by BM25"
+    return f" by BM25 and the vote of {len(design.question_vote.questions)} labelled questions from the training dialogs"
+
+
 class RetrievalBot(Bot):
-    """The prompt method: a short instruction, the facts BM25 ranks first for the conversation and
-    the most similar example dialogs (prompts/bm25.py); no adapter."""
+    """The prompt method: a short instruction, the facts ranked first for the conversation (BM25
+    and the question vote) and the most similar example dialogs (prompts/bm25.py); no adapter."""
 
     @property
     def adapter(self) -> str | None:
@@ -248,7 +254,7 @@ class RetrievalBot(Bot):
         return (
             f"### {self.spec.label}\n"
             "Base model with **no adapter**. Each request carries a short instruction, the "
-            f"{design.settings.facts} facts that BM25 ranks first for the conversation (plus "
+            f"{design.settings.facts} facts ranked first for the conversation{_vote_note(design)} (plus "
             f"{', '.join(design.settings.always) or 'none'} always) and the {design.settings.examples} most similar of "
             f"{len(design.example_pool)} example dialogs (from `prompts/{self.prompt.domain}.yaml` and "
             f"`prompts/retrieval/{self.prompt.domain}.yaml`).\n\n"

@@ -1,10 +1,11 @@
 """Lexical retrieval for the prompt method: BM25 over the fact sheet, and a langchain-core example selector.
 
 A 135M model drowns in a 700-token prompt, so the prompt method sends only what the
-conversation needs: the few facts a BM25 ranking puts first, and the few-shot dialogs most
-like the question (``BM25ExampleSelector``, a langchain-core ``BaseExampleSelector``). No
-embedding model: nothing can be downloaded, and BM25 over a few dozen short documents takes
-well under a millisecond.
+conversation needs: the few facts ranked first (``FactRanker``: BM25 over the fact sheet, and
+the vote of labelled questions where the pool has them), and the few-shot dialogs most like
+the question (``BM25ExampleSelector``, a langchain-core ``BaseExampleSelector``). No embedding
+model: nothing can be downloaded, and a retrieval takes about a millisecond (``python -m
+training.retrieval_recall`` times it).
 
 ``python -m prompts retrieve ecommerce "can i send back boots i bought 3 weeks ago"`` shows what
 one message retrieves.
@@ -66,8 +67,14 @@ class BM25Index:
 
     def top(self, query: str, k: int, min_score: float = 0.0) -> list[int]:
         """Indices of the ``k`` best documents scoring above ``min_score``, best first (ties: file order)."""
-        scored = [(score, -index) for index, score in enumerate(self.scores(query)) if score > min_score]
-        return [-index for _, index in sorted(scored, reverse=True)[:k]]
+        scores = self.scores(query)
+        return _best(scores, [score > min_score for score in scores], k)
+
+
+def _best(scores: Sequence[float], eligible: Sequence[bool], k: int) -> list[int]:
+    """Indices of the ``k`` best eligible scores, best first (ties: the earlier index)."""
+    scored = [(score, -index) for index, (score, ok) in enumerate(zip(scores, eligible, strict=True)) if ok]
+    return [-index for _, index in sorted(scored, reverse=True)[:k]]
 
 
 @dataclass(frozen=True)
@@ -77,8 +84,10 @@ class QuestionVote:
     A fact's own words and keywords miss much of how people ask ("the courier reference",
     "the quicker delivery tier"). The generated training dialogs hold hundreds of phrasings
     per fact, so the ``neighbours`` questions BM25 ranks closest to a message add their match
-    scores to their facts, scaled so the best-voted fact gains ``weight`` (a fact's own score
-    is scaled the same way).
+    scores to their facts, scaled so the best-voted fact gains ``weight``; a fact's own BM25
+    score is scaled so the best match is 1. The scaling is per message: a weak best match
+    counts as much as a strong one, which is why off-topic requests need questions of their
+    own that vote for an out-of-scope rule.
     """
 
     questions: tuple[tuple[str, str], ...]
@@ -91,28 +100,40 @@ class FactRanker:
     """Ranks a fact sheet for a message: BM25 over the facts, plus the labelled questions' vote."""
 
     def __init__(self, documents: Sequence[str], topics: Sequence[str], vote: QuestionVote | None = None) -> None:
+        if len(documents) != len(topics):
+            raise ValueError(f"{len(documents)} fact documents but {len(topics)} topics")
         self._facts = BM25Index(documents)
         self._topics = list(topics)
         self._vote = vote
         self._questions = BM25Index([question for question, _ in vote.questions]) if vote else None
 
-    def scores(self, query: str) -> list[float]:
-        own = self._facts.scores(query)
-        if self._vote is None or self._questions is None:
-            return own
-        best_own = max(own, default=0.0) or 1.0
-        matches = self._questions.scores(query)
-        closest = sorted((i for i, score in enumerate(matches) if score > 0), key=lambda i: -matches[i])[: self._vote.neighbours]
+    def _votes(self, query: str, exclude: str | None) -> Counter[str]:
         votes: Counter[str] = Counter()
-        for i in closest:
+        if self._vote is None or self._questions is None:
+            return votes
+        matches = self._questions.scores(query)
+        exclude = exclude.strip() if exclude else None
+        candidates = (i for i, score in enumerate(matches) if score > 0 and self._vote.questions[i][0] != exclude)
+        for i in sorted(candidates, key=lambda i: -matches[i])[: self._vote.neighbours]:
             votes[self._vote.questions[i][1]] += matches[i]
-        best_vote = max(votes.values(), default=0.0) or 1.0
-        return [score / best_own + self._vote.weight * votes[topic] / best_vote for score, topic in zip(own, self._topics, strict=True)]
+        return votes
 
-    def top(self, query: str, k: int, min_score: float = 0.0) -> list[int]:
-        """Indices of the ``k`` best facts scoring above ``min_score``, best first (ties: file order)."""
-        scored = [(score, -index) for index, score in enumerate(self.scores(query)) if score > min_score]
-        return [-index for _, index in sorted(scored, reverse=True)[:k]]
+    def ranked(self, query: str, k: int, min_score: float = 0.0, exclude: str | None = None) -> list[int]:
+        """Indices of the ``k`` best facts, best first (ties: file order).
+
+        A fact takes part when its own BM25 score is above ``min_score`` or a question voted for
+        it. ``exclude``: a question left out of the vote (a training dialog's own first turn,
+        which would otherwise find itself: training/hybrid_data.py).
+        """
+        own = self._facts.scores(query)
+        votes = self._votes(query, exclude)
+        if not votes:
+            return _best(own, [score > min_score for score in own], k)
+        best_own = max(own, default=0.0) or 1.0
+        best_vote = max(votes.values())
+        assert self._vote is not None
+        combined = [score / best_own + self._vote.weight * votes[topic] / best_vote for score, topic in zip(own, self._topics, strict=True)]
+        return _best(combined, [score > min_score or votes[topic] > 0 for score, topic in zip(own, self._topics, strict=True)], k)
 
 
 @dataclass(frozen=True)
@@ -126,7 +147,9 @@ class RetrievalSettings:
     always: tuple[str, ...] = ()
     """Fact topics sent on every request (first, so they stay in the cached prefix)."""
     min_score: float = 0.0
-    """A fact or example scoring at most this is never sent: an off-topic message gets none."""
+    """A fact or example whose own BM25 score is at most this is never sent (a fact still is when
+    labelled questions vote for it). With no question vote, a message that shares no word with a
+    fact or an example gets none."""
 
 
 class BM25ExampleSelector(BaseExampleSelector):

@@ -5,8 +5,8 @@ Messages are built with langchain-core: a system message, few-shot dialogs
 new user message. The result is a plain list of ``{"role", "content"}`` dicts for the
 tokenizer's chat template. Two prompt designs:
 
-- ``render_retrieval`` (the prompt method): a short instruction, the few facts BM25 ranks first
-  for the conversation, and the few-shot dialogs a BM25 example selector picks from a pool
+- ``render_retrieval`` (the prompt method): a short instruction, the few facts ranked first
+  for the conversation (BM25, and the vote of labelled questions), and the few-shot dialogs a BM25 example selector picks from a pool
   (``prompts/retrieval/<domain>.yaml``; see prompts/bm25.py);
 - ``render_prompted`` (the static ablation): the whole fact sheet and fixed few-shot dialogs.
 
@@ -16,6 +16,7 @@ Run ``python -m prompts ecommerce`` to print the rendered messages of a sample t
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -182,35 +183,61 @@ def _parse_retrieval(raw: object, path: Path, domain: str, topics: set[str]) -> 
     return RetrievalPrompt(system_prompt, header, settings, examples, vote), keywords
 
 
+VOTE_KEYS = frozenset({"dialogs", "topics", "neighbours", "weight"})
+
+
 def _parse_question_vote(raw: object, pool_path: Path, topics: set[str]) -> QuestionVote | None:
     """The pool's ``question_vote``: the first user turn of each dialog whose topic it maps to a fact."""
     if raw is None:
         return None
     where = f"{pool_path}: question_vote"
-    if not isinstance(raw, dict) or not isinstance(raw.get("topics"), dict) or not raw.get("dialogs"):
+    if not isinstance(raw, dict) or not isinstance(raw.get("topics"), dict) or not raw["topics"] or not isinstance(raw.get("dialogs"), str):
         raise PromptFileError(f"{where} needs 'dialogs' (a jsonl file) and 'topics' (dialog topic: fact topic)")
+    unknown_keys = sorted(set(raw) - VOTE_KEYS)
+    if unknown_keys:
+        raise PromptFileError(f"{where}: unknown key(s) {', '.join(unknown_keys)} (known: {', '.join(sorted(VOTE_KEYS))})")
+    defaults = QuestionVote(())
+    neighbours, weight = raw.get("neighbours", defaults.neighbours), raw.get("weight", defaults.weight)
+    if isinstance(neighbours, bool) or not isinstance(neighbours, int) or neighbours < 1:
+        raise PromptFileError(f"{where}: 'neighbours' must be a whole number of at least 1, not {neighbours!r}")
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) or weight < 0:
+        raise PromptFileError(f"{where}: 'weight' must be a finite number of at least 0, not {weight!r}")
     mapping = {str(key): str(value) for key, value in raw["topics"].items()}
     unknown = sorted(set(mapping.values()) - topics)
     if unknown:
         raise PromptFileError(f"{where} maps to fact topics that are not in the fact sheet: {', '.join(unknown)}")
-    dialogs_path = pool_path.parent / str(raw["dialogs"])
+    dialogs_path = pool_path.parent / raw["dialogs"]
+    questions, seen = _labelled_questions(dialogs_path, mapping, where)
+    unmatched = sorted(set(mapping) - seen)
+    if unmatched:
+        raise PromptFileError(f"{where}: no dialog of {dialogs_path} has the topic(s) {', '.join(unmatched)}")
+    return QuestionVote(tuple(questions), neighbours, float(weight))
+
+
+def _labelled_questions(path: Path, mapping: dict[str, str], where: str) -> tuple[list[tuple[str, str]], set[str]]:
+    """(first user turn, fact topic) of each dialog whose topic is mapped, and the topics met."""
     try:
-        neighbours, weight = int(raw.get("neighbours", 20)), float(raw.get("weight", 1.0))
-        lines = dialogs_path.read_text(encoding="utf-8").splitlines()
-        questions = []
-        for line in filter(str.strip, lines):
-            dialog = json.loads(line)
-            fact_topic = mapping.get(str(dialog.get("topic")))
-            first_user = next((m["content"] for m in dialog["messages"] if m["role"] == "user"), None)
-            if fact_topic and first_user:
-                questions.append((str(first_user), fact_topic))
+        lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
-        raise PromptFileError(f"{where}: cannot read {dialogs_path} ({exc.strerror})") from exc
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise PromptFileError(f"{where}: {dialogs_path} must hold dialogs with 'topic' and 'messages' ({exc!r})") from exc
-    if not questions or neighbours < 1 or weight < 0:
-        raise PromptFileError(f"{where}: no dialog of {dialogs_path} has a mapped topic, or 'neighbours' < 1 or 'weight' < 0")
-    return QuestionVote(tuple(questions), neighbours, weight)
+        raise PromptFileError(f"{where}: cannot read {path} ({exc.strerror})") from exc
+    questions, seen = [], set()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            dialog = json.loads(line)
+            topic, messages = dialog["topic"], dialog["messages"]
+            first_user = next((m["content"] for m in messages if m["role"] == "user"), None)
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise PromptFileError(f"{where}: {path} line {number} is not a dialog with 'topic' and 'messages' ({exc!r})") from exc
+        fact_topic = mapping.get(str(topic))
+        if fact_topic is None:
+            continue
+        if not isinstance(first_user, str) or not first_user.strip():
+            raise PromptFileError(f"{where}: {path} line {number} has no user turn with text")
+        questions.append((first_user.strip(), fact_topic))
+        seen.add(str(topic))
+    return questions, seen
 
 
 def load_prompt_file(path: Path) -> PromptSpec:
@@ -305,12 +332,16 @@ def retrieval_query(conversation: list[Message]) -> str:
     return " ".join(users[-2:])
 
 
-def retrieved_facts(spec: PromptSpec, query: str) -> list[Fact]:
-    """The facts always sent, then the best-ranked others for ``query``."""
+def retrieved_facts(spec: PromptSpec, query: str, exclude: str | None = None) -> list[Fact]:
+    """The facts always sent, then the best-ranked others for ``query``.
+
+    ``exclude``: a labelled question left out of the vote (training/hybrid_data.py passes a
+    training dialog's own first turn, so its retrieval is as a new message's would be).
+    """
     design = spec.retrieval
     assert design is not None
     always = [fact for fact in spec.fact_sheet if fact.topic in design.settings.always]
-    ranked = retrieval_tools(spec).facts.top(query, len(spec.fact_sheet), design.settings.min_score)
+    ranked = retrieval_tools(spec).facts.ranked(query, len(spec.fact_sheet), design.settings.min_score, exclude)
     others = [spec.fact_sheet[i] for i in ranked if spec.fact_sheet[i].topic not in design.settings.always]
     return always + others[: design.settings.facts]
 
@@ -344,15 +375,16 @@ def render_retrieval(spec: PromptSpec, conversation: list[Message], system_promp
     return to_chat_dicts(rendered)
 
 
-def render_hybrid(spec: PromptSpec, conversation: list[Message]) -> list[Message]:
+def render_hybrid(spec: PromptSpec, conversation: list[Message], exclude: str | None = None) -> list[Message]:
     """Messages for the hybrid method: the prompt method's instruction and retrieved facts, then the
     conversation (no example dialogs: its adapter learned the style). Training renders its dialogs
-    with this same function (training/hybrid_data.py)."""
+    with this same function (training/hybrid_data.py), leaving the dialog's own first turn out of
+    the question vote (``exclude``)."""
     if not conversation or conversation[-1]["role"] != "user":
         raise ValueError("the conversation must end with a user message")
     if spec.retrieval is None:
         raise PromptFileError(f"prompts/{spec.domain}.yaml has no 'retrieval' section: the hybrid method needs one")
-    system = retrieval_system_message(spec, retrieved_facts(spec, retrieval_query(conversation)))
+    system = retrieval_system_message(spec, retrieved_facts(spec, retrieval_query(conversation), exclude))
     return [{"role": "system", "content": system}, *conversation]
 
 

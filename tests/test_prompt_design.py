@@ -39,6 +39,9 @@ def test_bad_designs_files_are_refused(tmp_path: Path) -> None:
     path.write_text("metrics: {ecommerce: [fact_accuracy]}\ndesigns:\n  ecommerce:\n    - {name: shipped, retrieval: {fact: 2}}\n")
     with pytest.raises(ValueError, match="unknown retrieval field"):
         prompt_design.load_designs(path)
+    path.write_text("metrics: {ecommerce: [fact_accuracy]}\ndesigns:\n  ecommerce:\n    - {name: shipped, retrieval: {question_vote: 'false'}}\n")
+    with pytest.raises(ValueError, match="question_vote must be true or false"):
+        prompt_design.load_designs(path)
 
 
 def test_every_design_answers_the_same_dev_cases_and_the_history_is_written(tiny_base: LoadedBase, tmp_path: Path) -> None:

@@ -89,11 +89,36 @@ def test_prompt_lab_overrides_replace_the_instruction_and_the_examples() -> None
 def test_labelled_questions_vote_for_a_fact_its_own_words_miss() -> None:
     documents, topics = ["returns within 30 days", "tracking number emailed when the order ships"], ["Returns", "Order tracking"]
     question = "where can I see the courier reference"
-    assert FactRanker(documents, topics).top(question, 2) == []  # no word in common with either fact
-    vote = QuestionVote((("what is the courier reference of my parcel", "Order tracking"), ("send back boots", "Returns")), neighbours=1)
-    assert FactRanker(documents, topics, vote).top(question, 2) == [1]
-    # A fact's own match still counts: the vote re-ranks, it does not replace the facts' scores.
-    assert FactRanker(documents, topics, vote).top("returns within 30 days courier", 2)[0] == 0
+    assert FactRanker(documents, topics).ranked(question, 2) == []  # no word in common with either fact
+    courier = "what is the courier reference of my parcel"
+    vote = QuestionVote(((courier, "Order tracking"), ("send back boots", "Returns")), neighbours=1, weight=0.5)
+    assert FactRanker(documents, topics, vote).ranked(question, 2) == [1]
+    # A question left out of the vote (a training dialog's own turn) cannot bring its fact.
+    assert FactRanker(documents, topics, vote).ranked(question, 2, exclude=courier) == []
+    # The vote re-ranks: a strong own match (1.0) beats a fact backed by the vote alone (0.5).
+    assert FactRanker(documents, topics, vote).ranked("returns within 30 days courier", 2) == [0, 1]
+    with pytest.raises(ValueError, match="2 fact documents but 1 topics"):
+        FactRanker(documents, topics[:1])
+
+
+def test_an_off_topic_request_gets_the_out_of_scope_rule_first() -> None:
+    for question in ("Can you write a poem about the sea for my girlfriend?", "explain photosynthesis for my biology class"):
+        assert retrieved_facts(ECOMMERCE, question)[0].topic == "Out of scope"
+
+
+def test_a_training_dialog_is_retrieved_for_without_its_own_question(tmp_path: Path) -> None:
+    """training/hybrid_data.py passes the dialog's first turn as ``exclude``: its rendering must not use it."""
+    from training import hybrid_data
+
+    def topics(question: str, exclude: str | None) -> list[str]:
+        return [fact.topic for fact in retrieved_facts(ECOMMERCE, question, exclude=exclude)]
+
+    # A training question whose retrieval changes once it cannot vote for itself.
+    first = next(q for q, _ in ECOMMERCE.retrieval.question_vote.questions if topics(q, None) != topics(q, q))
+    dialog = {"id": "d", "topic": "t", "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": first}, {"role": "assistant", "content": "a"}]}
+    rendered = hybrid_data.hybrid_dialog(dialog, ECOMMERCE, {})["messages"][0]["content"]
+    facts_sent = [line[2:].split(":")[0] for line in rendered.splitlines() if line.startswith("- ")]
+    assert facts_sent == topics(first, first) != topics(first, None)
 
 
 def test_the_shipped_vote_sends_facts_that_bm25_over_the_sheet_misses() -> None:
@@ -131,13 +156,19 @@ def test_a_question_vote_reads_the_first_user_turn_of_mapped_dialogs(tmp_path: P
         ({"dialogs": "missing.jsonl", "topics": {"returns": "Returns"}}, "cannot read"),
         ({"dialogs": "train.jsonl", "topics": {"returns": "Gift wrapping"}}, "not in the fact sheet: Gift wrapping"),
         ({"topics": {"returns": "Returns"}}, "needs 'dialogs'"),
-        ({"dialogs": "train.jsonl", "topics": {"warranty": "Warranty"}}, "no dialog"),
-        ({"dialogs": "broken.jsonl", "topics": {"returns": "Returns"}}, "must hold dialogs"),
+        ({"dialogs": "train.jsonl", "topics": {"warranty": "Warranty"}}, "no dialog .* has the topic"),
+        ({"dialogs": "broken.jsonl", "topics": {"returns": "Returns"}}, "line 2 is not a dialog"),
+        ({"dialogs": "train.jsonl", "topics": {"returns": "Returns", "retuns": "Returns"}}, "no dialog .* has the topic"),
+        ({"dialogs": "train.jsonl", "topics": {"returns": "Returns"}, "neighbors": 5}, "unknown key"),
+        ({"dialogs": "train.jsonl", "topics": {"returns": "Returns"}, "neighbours": 0}, "'neighbours' must be"),
+        ({"dialogs": "train.jsonl", "topics": {"returns": "Returns"}, "neighbours": 2.5}, "'neighbours' must be"),
+        ({"dialogs": "train.jsonl", "topics": {"returns": "Returns"}, "weight": -1}, "'weight' must be"),
+        ({"dialogs": "train.jsonl", "topics": {"returns": "Returns"}, "weight": float("nan")}, "'weight' must be"),
     ],
 )
 def test_a_bad_question_vote_names_the_problem(tmp_path: Path, vote: dict, problem: str) -> None:
     (tmp_path / "train.jsonl").write_text(json.dumps({"topic": "returns", "messages": [{"role": "user", "content": "q"}]}) + "\n", encoding="utf-8")
-    (tmp_path / "broken.jsonl").write_text("{not json\n", encoding="utf-8")
+    (tmp_path / "broken.jsonl").write_text(json.dumps({"topic": "returns", "messages": [{"role": "user", "content": "q"}]}) + "\n[1, 2]\n", encoding="utf-8")
     with pytest.raises(PromptFileError, match=problem):
         load_prompt_file(_prompt_with_vote(tmp_path, vote))
 

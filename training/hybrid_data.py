@@ -2,7 +2,7 @@
 
 Every dialog of ``training/data/<domain>/`` gets, as its system message, exactly what the hybrid
 method sends when serving (``prompts.loader.render_hybrid``): the prompt method's instruction and
-the facts BM25 retrieves for the dialog's last user turns, with whatever distractors retrieval
+the facts retrieval ranks first for the dialog's last user turns, with whatever distractors retrieval
 brings. In a seeded share of the train and validation dialogs, values are swapped consistently in
 the facts and in the dialog (``training/hybrid.yaml``), so the adapter must read the facts to
 answer; the test split keeps the real values. Nothing here is a probe.
@@ -78,7 +78,11 @@ def hybrid_dialog(dialog: dict[str, Any], spec: PromptSpec, chosen: dict[str, st
         for find, value in chosen.items():
             turn["content"] = turn["content"].replace(find, value)
     last_user = max(i for i, turn in enumerate(turns) if turn["role"] == "user")
-    system = render_hybrid(swapped_prompt(spec, chosen), turns[: last_user + 1])[0]
+    # The dialog's own first turn is one of the vote's labelled questions (when the pool has a
+    # question_vote): left in, it would find itself, and training would see cleaner retrieval
+    # than any new message gets.
+    first_user = next((m["content"] for m in dialog["messages"] if m["role"] == "user"), None)
+    system = render_hybrid(swapped_prompt(spec, chosen), turns[: last_user + 1], exclude=first_user)[0]
     out = {key: value for key, value in dialog.items() if key != "messages"}
     out["messages"] = [system, *turns]
     if chosen:

@@ -72,6 +72,8 @@ def load_designs(path: Path = DESIGNS) -> tuple[dict[str, tuple[str, ...]], dict
             unknown = set(design.retrieval) - RETRIEVAL_FIELDS - {"system_prompt", "question_vote"}
             if unknown:
                 raise ValueError(f"{path}: {domain}/{design.name}: unknown retrieval field(s) {', '.join(sorted(unknown))}")
+            if not isinstance(design.retrieval.get("question_vote", False), bool):
+                raise ValueError(f"{path}: {domain}/{design.name}: question_vote must be true or false")
     for domain, keys in metrics.items():
         bad = [k for k in keys if k not in RATE_CHECKS or domain not in m.METRICS[k].domains]
         if bad:

@@ -6,7 +6,8 @@
 A 135M model cannot state a fact that is not in its context, so the share of probes whose fact
 (the probe's ``spec_row``) is among the facts sent bounds what the prompt and hybrid methods
 can score. Every probe of a domain whose ``spec_row`` names a fact-sheet topic counts
-("Emergencies first: stroke" names "Emergencies first"). Two rankers are compared on the same
+("Emergencies first: stroke" names "Emergencies first"), except those about a topic sent on
+every request (``always``), which no ranker can miss; they are counted apart. Two rankers are compared on the same
 probes: BM25 over the fact sheet alone, and the shipped ranker (with the pool's question vote,
 where the domain has one; prompts/bm25.py FactRanker). No model is loaded: it takes seconds.
 """
@@ -41,7 +42,7 @@ class Probe:
 
 
 def fact_probes(spec: PromptSpec, split: str) -> list[Probe]:
-    """The domain's probes of ``split`` whose spec_row names one of its fact topics."""
+    """The domain's probes of ``split`` whose spec_row names one of its fact topics (``always`` ones included)."""
     topics = {fact.topic for fact in spec.fact_sheet}
     out = []
     for probe in domains.pack(spec.domain).probes:
@@ -62,7 +63,6 @@ def without_vote(spec: PromptSpec) -> PromptSpec:
 def recall(spec: PromptSpec, probes: list[Probe]) -> dict[str, Any]:
     """Share of probes whose fact is sent (recall at the number sent) and ranked first, and the time per retrieval."""
     assert spec.retrieval is not None
-    always = set(spec.retrieval.settings.always)
     retrieval_tools(spec)  # built once per process, as in serving: not part of a request's time
     sent = first = 0
     times = []
@@ -71,8 +71,8 @@ def recall(spec: PromptSpec, probes: list[Probe]) -> dict[str, Any]:
         facts = [fact.topic for fact in retrieved_facts(spec, probe.question)]
         times.append(time.perf_counter() - started)
         sent += probe.topic in facts
-        ranked = [topic for topic in facts if topic not in always]
-        first += probe.topic in always or ranked[:1] == [probe.topic]
+        ranked = [topic for topic in facts if topic not in spec.retrieval.settings.always]
+        first += ranked[:1] == [probe.topic]
     n = len(probes)
     return {
         "probes": n,
@@ -94,13 +94,15 @@ def measure(split: str) -> dict[str, Any]:
         spec = load_prompt_spec(name)
         if spec.retrieval is None:
             continue
-        probes = fact_probes(spec, split)
+        every = fact_probes(spec, split)
+        probes = [probe for probe in every if probe.topic not in spec.retrieval.settings.always]
         rankers = {"facts alone": without_vote(spec)}
         if spec.retrieval.question_vote is not None:
             rankers["facts + question vote"] = spec
         out["domains"][name] = {
             "facts_sent": spec.retrieval.settings.facts,
             "always": list(spec.retrieval.settings.always),
+            "always_probes": len(every) - len(probes),
             "shipped": list(rankers)[-1],
             "rankers": {label: recall(ranked, probes) for label, ranked in rankers.items()},
         }
@@ -120,7 +122,7 @@ def recall_markdown(result: dict[str, Any]) -> str:
         "(`python -m training.retrieval_recall`; 95% Wilson intervals). A fact that is not sent cannot be stated.",
     ]
     for name, domain in result["domains"].items():
-        always = f" + always: {', '.join(domain['always'])}" if domain["always"] else ""
+        always = f" + always: {', '.join(domain['always'])} ({domain['always_probes']} probes about it, not counted)" if domain["always"] else ""
         lines += [
             "",
             f"### {name}: {domain['facts_sent']} facts sent{always}",
