@@ -56,6 +56,8 @@ class Fact:
     fact: str
     keywords: str = ""
     """Words users say for this topic (retrieval only; never shown to the model)."""
+    retrieval_only: bool = False
+    """Left out of the static sheet, whose instruction already states the rule (its ``retrieval_only``)."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ class PromptSpec:
     """None: the file has no retrieval section (the prompt method then falls back to the static design)."""
 
     def fact_sheet_text(self) -> str:
-        return "\n".join(f"- {item.topic}: {item.fact}" for item in self.fact_sheet)
+        return "\n".join(f"- {item.topic}: {item.fact}" for item in self.fact_sheet if not item.retrieval_only)
 
     def system_message(self) -> str:
         # str.replace, not str.format: the texts may hold braces of their own.
@@ -128,7 +130,7 @@ def parse_prompt_spec(raw: object, path: Path) -> PromptSpec:
         if placeholder not in template:
             raise PromptFileError(f"{path}: system_template must contain {placeholder}")
     try:
-        facts = tuple(Fact(str(item["topic"]).strip(), str(item["fact"]).strip()) for item in raw["fact_sheet"])
+        facts = tuple(Fact(str(item["topic"]).strip(), str(item["fact"]).strip(), retrieval_only=item.get("retrieval_only") is True) for item in raw["fact_sheet"])
         shots = tuple(FewShotExample(str(item["user"]).strip(), str(item["assistant"]).strip()) for item in raw["few_shot"])
     except (KeyError, TypeError) as exc:
         raise PromptFileError(f"{path}: fact_sheet items need 'topic' and 'fact', few_shot items 'user' and 'assistant' ({exc!r})") from exc
@@ -137,7 +139,7 @@ def parse_prompt_spec(raw: object, path: Path) -> PromptSpec:
         raise PromptFileError(f"{path}: example_questions must be a list of non-empty strings")
     domain = _require_text(raw, "domain", path)
     retrieval, keywords = _parse_retrieval(raw.get("retrieval"), path, domain, {fact.topic for fact in facts})
-    facts = tuple(Fact(fact.topic, fact.fact, keywords.get(fact.topic, "")) for fact in facts)
+    facts = tuple(Fact(fact.topic, fact.fact, keywords.get(fact.topic, ""), fact.retrieval_only) for fact in facts)
     return PromptSpec(
         domain=domain,
         title=_require_text(raw, "title", path),
@@ -179,20 +181,23 @@ def _parse_retrieval(raw: object, path: Path, domain: str, topics: set[str]) -> 
     if not examples or settings.facts < 0 or settings.examples < 0:
         raise PromptFileError(f"{path}: retrieval needs a non-empty example pool and non-negative 'facts' and 'examples'")
     header = str(raw.get("facts_header", "Facts:")).strip()
-    vote = _parse_question_vote(pool.get("question_vote"), pool_path, topics)
+    vote = _parse_question_vote(pool.get("question_vote"), pool_path, domain, topics)
     return RetrievalPrompt(system_prompt, header, settings, examples, vote), keywords
 
 
 VOTE_KEYS = frozenset({"dialogs", "topics", "neighbours", "weight"})
 
 
-def _parse_question_vote(raw: object, pool_path: Path, topics: set[str]) -> QuestionVote | None:
-    """The pool's ``question_vote``: the first user turn of each dialog whose topic it maps to a fact."""
+def _parse_question_vote(raw: object, pool_path: Path, domain: str, topics: set[str]) -> QuestionVote | None:
+    """The pool's ``question_vote``: the first user turn of each dialog whose topic it maps to a fact.
+
+    The dialogs are the domain pack's training split (``dialogs``/train.jsonl), unless the vote
+    names a file (``dialogs``, relative to the pool file)."""
     if raw is None:
         return None
     where = f"{pool_path}: question_vote"
-    if not isinstance(raw, dict) or not isinstance(raw.get("topics"), dict) or not raw["topics"] or not isinstance(raw.get("dialogs"), str):
-        raise PromptFileError(f"{where} needs 'dialogs' (a jsonl file) and 'topics' (dialog topic: fact topic)")
+    if not isinstance(raw, dict) or not isinstance(raw.get("topics"), dict) or not raw["topics"] or not isinstance(raw.get("dialogs", ""), str):
+        raise PromptFileError(f"{where} needs 'topics' (dialog topic: fact topic) and, if given, 'dialogs' as a path")
     unknown_keys = sorted(set(raw) - VOTE_KEYS)
     if unknown_keys:
         raise PromptFileError(f"{where}: unknown key(s) {', '.join(unknown_keys)} (known: {', '.join(sorted(VOTE_KEYS))})")
@@ -206,7 +211,13 @@ def _parse_question_vote(raw: object, pool_path: Path, topics: set[str]) -> Ques
     unknown = sorted(set(mapping.values()) - topics)
     if unknown:
         raise PromptFileError(f"{where} maps to fact topics that are not in the fact sheet: {', '.join(unknown)}")
-    dialogs_path = pool_path.parent / raw["dialogs"]
+    if raw.get("dialogs"):
+        dialogs_path = pool_path.parent / raw["dialogs"]
+    else:
+        try:
+            dialogs_path = domains.pack(domain).file("dialogs") / "train.jsonl"
+        except domains.PackError as exc:
+            raise PromptFileError(f"{where}: no 'dialogs' given and no domain pack names them ({exc})") from None
     questions, seen = _labelled_questions(dialogs_path, mapping, where)
     unmatched = sorted(set(mapping) - seen)
     if unmatched:

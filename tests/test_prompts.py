@@ -23,7 +23,9 @@ def test_prompted_rendering_is_exact() -> None:
         {"role": "assistant", "content": "Hello!"},
         {"role": "user", "content": "Return window?"},
     ]
-    expected_system = spec.system_prompt + "\n\nStore facts:\n" + "\n".join(f"- {f.topic}: {f.fact}" for f in spec.fact_sheet)
+    # Rules the instruction already states (retrieval_only) are not repeated on the static sheet.
+    expected_system = spec.system_prompt + "\n\nStore facts:\n" + "\n".join(f"- {f.topic}: {f.fact}" for f in spec.fact_sheet if not f.retrieval_only)
+    assert any(f.retrieval_only for f in spec.fact_sheet) and "- Security:" not in expected_system
     expected = [{"role": "system", "content": expected_system}]
     for shot in spec.few_shot:
         expected += [{"role": "user", "content": shot.user}, {"role": "assistant", "content": shot.assistant}]

@@ -155,7 +155,7 @@ def test_a_question_vote_reads_the_first_user_turn_of_mapped_dialogs(tmp_path: P
     [
         ({"dialogs": "missing.jsonl", "topics": {"returns": "Returns"}}, "cannot read"),
         ({"dialogs": "train.jsonl", "topics": {"returns": "Gift wrapping"}}, "not in the fact sheet: Gift wrapping"),
-        ({"topics": {"returns": "Returns"}}, "needs 'dialogs'"),
+        ({"dialogs": "train.jsonl"}, "needs 'topics'"),
         ({"dialogs": "train.jsonl", "topics": {"warranty": "Warranty"}}, "no dialog .* has the topic"),
         ({"dialogs": "broken.jsonl", "topics": {"returns": "Returns"}}, "line 2 is not a dialog"),
         ({"dialogs": "train.jsonl", "topics": {"returns": "Returns", "retuns": "Returns"}}, "no dialog .* has the topic"),

@@ -31,7 +31,6 @@ import domains
 from bots.cli_args import CommandParser
 from bots.registry import VARIANTS, Runtime, get_runtime
 from prompts import FewShotExample, PromptSpec
-from prompts.loader import Fact
 from training.eval_data import load_cases
 from training.metrics import states_fact
 from training.stats import wilson_interval
@@ -118,7 +117,7 @@ def drifted_prompt(spec: PromptSpec, changes: list[FactChange]) -> PromptSpec:
         system_prompt=edit(spec.system_prompt),
         lora_system_prompt=edit(spec.lora_system_prompt),
         base_system_prompt=edit(spec.base_system_prompt),
-        fact_sheet=tuple(Fact(fact.topic, edit(fact.fact), fact.keywords) for fact in spec.fact_sheet),
+        fact_sheet=tuple(dataclasses.replace(fact, fact=edit(fact.fact)) for fact in spec.fact_sheet),
         few_shot=tuple(FewShotExample(shot.user, edit(shot.assistant)) for shot in spec.few_shot),
     )
 

@@ -26,7 +26,7 @@ import yaml
 
 from bots.cli_args import CommandParser
 from prompts import PromptSpec, load_prompt_spec
-from prompts.loader import Fact, render_hybrid
+from prompts.loader import render_hybrid
 from training.dialogs import DATA_DIR, read_jsonl_dialogs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -68,7 +68,7 @@ def swapped_prompt(spec: PromptSpec, chosen: dict[str, str]) -> PromptSpec:
             text = text.replace(find, value)
         return text
 
-    return dataclasses.replace(spec, fact_sheet=tuple(Fact(f.topic, edit(f.fact), f.keywords) for f in spec.fact_sheet))
+    return dataclasses.replace(spec, fact_sheet=tuple(dataclasses.replace(f, fact=edit(f.fact)) for f in spec.fact_sheet))
 
 
 def hybrid_dialog(dialog: dict[str, Any], spec: PromptSpec, chosen: dict[str, str]) -> dict[str, Any]:
