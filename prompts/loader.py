@@ -15,6 +15,7 @@ Run ``python -m prompts ecommerce`` to print the rendered messages of a sample t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -335,6 +336,13 @@ def retrieval_tools(spec: PromptSpec) -> RetrievalTools:
     few_shot = FewShotChatMessagePromptTemplate(example_selector=selector, example_prompt=example_prompt, input_variables=["query"])
     template = ChatPromptTemplate.from_messages([("system", "{system}"), few_shot, MessagesPlaceholder("history"), ("human", "{question}")])
     return RetrievalTools(facts, selector, template)
+
+
+def without_question_vote(spec: PromptSpec) -> PromptSpec:
+    """The same prompt with its facts ranked by BM25 over the sheet alone (the vote's ablation)."""
+    if spec.retrieval is None:
+        raise PromptFileError(f"prompts/{spec.domain}.yaml has no 'retrieval' section")
+    return dataclasses.replace(spec, retrieval=dataclasses.replace(spec.retrieval, question_vote=None))
 
 
 def retrieval_query(conversation: list[Message]) -> str:

@@ -32,6 +32,7 @@ from bots.generation import GenerationSettings
 from bots.registry import Runtime
 from prompts import PromptSpec, load_prompt_spec
 from prompts.bm25 import RetrievalSettings
+from prompts.loader import without_question_vote
 from training import metrics as m
 from training import stats
 from training.eval_data import load_cases
@@ -93,9 +94,9 @@ def designed_prompt(spec: PromptSpec, design: Design) -> PromptSpec:
         changed["always"] = tuple(changed["always"])
     new_settings = RetrievalSettings(**{**dataclasses.asdict(settings), **changed})
     system_prompt = design.retrieval.get("system_prompt", spec.retrieval.system_prompt)
+    designed = dataclasses.replace(spec, retrieval=dataclasses.replace(spec.retrieval, settings=new_settings, system_prompt=str(system_prompt).strip()))
     # question_vote: false ranks the facts by BM25 over the sheet alone (what the labelled questions add)
-    vote = spec.retrieval.question_vote if design.retrieval.get("question_vote", True) else None
-    return dataclasses.replace(spec, retrieval=dataclasses.replace(spec.retrieval, settings=new_settings, system_prompt=str(system_prompt).strip(), question_vote=vote))
+    return designed if design.retrieval.get("question_vote", True) else without_question_vote(designed)
 
 
 def design_bot(runtime: Runtime, domain: str, design: Design) -> Bot:

@@ -15,7 +15,6 @@ where the domain has one; prompts/bm25.py FactRanker). No model is loaded: it ta
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import domains
-from prompts.loader import PromptFileError, PromptSpec, load_prompt_spec, retrieval_tools, retrieved_facts
+from prompts.loader import PromptFileError, PromptSpec, load_prompt_spec, retrieval_tools, retrieved_facts, without_question_vote
 from training.eval_data import PROBES_DIR, ProbeFileError, read_probe_file
 from training.stats import wilson_interval
 
@@ -52,12 +51,6 @@ def fact_probes(spec: PromptSpec, split: str) -> list[Probe]:
             if row.get("split") == split and topic in topics and row.get("domain", spec.domain) == spec.domain:
                 out.append(Probe(str(row["question"]), topic))
     return out
-
-
-def without_vote(spec: PromptSpec) -> PromptSpec:
-    """The same prompt with BM25 over the fact sheet alone."""
-    assert spec.retrieval is not None
-    return dataclasses.replace(spec, retrieval=dataclasses.replace(spec.retrieval, question_vote=None))
 
 
 def recall(spec: PromptSpec, probes: list[Probe]) -> dict[str, Any]:
@@ -96,7 +89,7 @@ def measure(split: str) -> dict[str, Any]:
             continue
         every = fact_probes(spec, split)
         probes = [probe for probe in every if probe.topic not in spec.retrieval.settings.always]
-        rankers = {"facts alone": without_vote(spec)}
+        rankers = {"facts alone": without_question_vote(spec)}
         if spec.retrieval.question_vote is not None:
             rankers["facts + question vote"] = spec
         out["domains"][name] = {
