@@ -87,13 +87,19 @@ class QuestionVote:
     scores to their facts, scaled so the best-voted fact gains ``weight``; a fact's own BM25
     score is scaled so the best match is 1. The scaling is per message: a weak best match
     counts as much as a strong one, which is why off-topic requests need questions of their
-    own that vote for an out-of-scope rule.
+    own that vote for an out-of-scope rule. A fact that only a few neighbours vote for (under
+    ``min_share`` of the vote) is not sent on the vote's word: it stays out unless its own
+    words match the message best, so a clear emergency does not pull in the rules of the odd
+    ordinary question that shares its words.
     """
 
     questions: tuple[tuple[str, str], ...]
     """(question, fact topic) pairs."""
     neighbours: int = 20
     weight: float = 1.0
+    min_share: float = 0.0
+    """The share of the vote (over every fact, those always sent included) a fact needs before
+    the vote alone makes it eligible; 0: any vote does."""
 
 
 class FactRanker:
@@ -121,8 +127,9 @@ class FactRanker:
     def ranked(self, query: str, k: int, min_score: float = 0.0, exclude: str | None = None) -> list[int]:
         """Indices of the ``k`` best facts, best first (ties: file order).
 
-        A fact takes part when its own BM25 score is above ``min_score`` or a question voted for
-        it. ``exclude``: a question left out of the vote (a training dialog's own first turn,
+        Without a vote, a fact takes part when its own BM25 score is above ``min_score``. With
+        one, it takes part when at least ``min_share`` of the vote is for it, or when its own
+        score is above ``min_score`` and the best of the sheet. ``exclude``: a question left out of the vote (a training dialog's own first turn,
         which would otherwise find itself: training/hybrid_data.py).
         """
         own = self._facts.scores(query)
@@ -132,8 +139,14 @@ class FactRanker:
         best_own = max(own, default=0.0) or 1.0
         best_vote = max(votes.values())
         assert self._vote is not None
+        total_vote = sum(votes.values())
         combined = [score / best_own + self._vote.weight * votes[topic] / best_vote for score, topic in zip(own, self._topics, strict=True)]
-        return _best(combined, [score > min_score or votes[topic] > 0 for score, topic in zip(own, self._topics, strict=True)], k)
+        voted_in = [votes[topic] > 0 and votes[topic] >= self._vote.min_share * total_vote for topic in self._topics]
+        # With a vote, a fact's own words admit it only as the best lexical match: shared common
+        # words ("worse", "order") otherwise pad every prompt with rules nobody asked about
+        # (chosen on dev: training/reports/retrieval_recall.md).
+        best_match = [score > min_score and score >= best_own for score in own]
+        return _best(combined, [matched or voted for matched, voted in zip(best_match, voted_in, strict=True)], k)
 
 
 @dataclass(frozen=True)

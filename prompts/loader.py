@@ -186,7 +186,7 @@ def _parse_retrieval(raw: object, path: Path, domain: str, topics: set[str]) -> 
     return RetrievalPrompt(system_prompt, header, settings, examples, vote), keywords
 
 
-VOTE_KEYS = frozenset({"dialogs", "topics", "neighbours", "weight"})
+VOTE_KEYS = frozenset({"dialogs", "topics", "neighbours", "weight", "min_share"})
 
 
 def _parse_question_vote(raw: object, pool_path: Path, domain: str, topics: set[str]) -> QuestionVote | None:
@@ -208,6 +208,9 @@ def _parse_question_vote(raw: object, pool_path: Path, domain: str, topics: set[
         raise PromptFileError(f"{where}: 'neighbours' must be a whole number of at least 1, not {neighbours!r}")
     if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) or weight < 0:
         raise PromptFileError(f"{where}: 'weight' must be a finite number of at least 0, not {weight!r}")
+    min_share = raw.get("min_share", defaults.min_share)
+    if isinstance(min_share, bool) or not isinstance(min_share, int | float) or not 0 <= min_share <= 1:
+        raise PromptFileError(f"{where}: 'min_share' must be a number from 0 to 1, not {min_share!r}")
     mapping = {str(key): str(value) for key, value in raw["topics"].items()}
     unknown = sorted(set(mapping.values()) - topics)
     if unknown:
@@ -223,7 +226,7 @@ def _parse_question_vote(raw: object, pool_path: Path, domain: str, topics: set[
     unmatched = sorted(set(mapping) - seen)
     if unmatched:
         raise PromptFileError(f"{where}: no dialog of {dialogs_path} has the topic(s) {', '.join(unmatched)}")
-    return QuestionVote(tuple(questions), neighbours, float(weight))
+    return QuestionVote(tuple(questions), neighbours, float(weight), float(min_share))
 
 
 def _labelled_questions(path: Path, mapping: dict[str, str], where: str) -> tuple[list[tuple[str, str]], set[str]]:

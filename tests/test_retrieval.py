@@ -101,6 +101,35 @@ def test_labelled_questions_vote_for_a_fact_its_own_words_miss() -> None:
         FactRanker(documents, topics[:1])
 
 
+def test_a_fact_with_a_small_share_of_the_vote_is_not_sent_on_the_vote_alone() -> None:
+    documents, topics = ["returns within 30 days", "tracking number emailed when the order ships"], ["Returns", "Order tracking"]
+    questions = tuple(("my parcel is late where is it", "Order tracking") for _ in range(9)) + (("my parcel is late can I send it back", "Returns"),)
+    question = "my parcel is late"
+    # Any vote at all: the one neighbour asking about returns brings the returns rule.
+    assert FactRanker(documents, topics, QuestionVote(questions, neighbours=10)).ranked(question, 2) == [1, 0]
+    # A tenth of the vote is under min_share: only the fact most of the neighbours ask about is sent.
+    assert FactRanker(documents, topics, QuestionVote(questions, neighbours=10, min_share=0.15)).ranked(question, 2) == [1]
+
+
+def test_with_a_vote_only_the_best_lexical_match_is_sent_on_its_own_words() -> None:
+    documents = ["returns within 30 days of delivery", "express delivery arrives next day", "tracking number emailed"]
+    topics = ["Returns", "Express shipping", "Order tracking"]
+    vote = QuestionVote((("where is my package", "Order tracking"),), neighbours=5, min_share=0.15)
+    question = "where is my package, was it express delivery"
+    # BM25 alone sends both facts that share a word; with the vote, the weaker lexical match stays out.
+    assert FactRanker(documents, topics).ranked(question, 3) == [1, 0]
+    assert FactRanker(documents, topics, vote).ranked(question, 3) == [1, 2]  # 1.0 each: file order
+
+
+def test_a_clear_emergency_gets_no_ordinary_rule_from_a_few_votes() -> None:
+    question = "my husband collapsed and he isn't breathing"
+    sent = [fact.topic for fact in retrieved_facts(MEDICAL, question)]
+    assert sent[0] == "Emergencies first"
+    everything = dataclasses.replace(MEDICAL.retrieval.question_vote, min_share=0.0)
+    padded = dataclasses.replace(MEDICAL, retrieval=dataclasses.replace(MEDICAL.retrieval, question_vote=everything))
+    assert len(sent) < len(retrieved_facts(padded, question))
+
+
 def test_an_off_topic_request_gets_the_out_of_scope_rule_first() -> None:
     for question in ("Can you write a poem about the sea for my girlfriend?", "explain photosynthesis for my biology class"):
         assert retrieved_facts(ECOMMERCE, question)[0].topic == "Out of scope"
@@ -164,6 +193,8 @@ def test_a_question_vote_reads_the_first_user_turn_of_mapped_dialogs(tmp_path: P
         ({"dialogs": "train.jsonl", "topics": {"returns": "Returns"}, "neighbours": 2.5}, "'neighbours' must be"),
         ({"dialogs": "train.jsonl", "topics": {"returns": "Returns"}, "weight": -1}, "'weight' must be"),
         ({"dialogs": "train.jsonl", "topics": {"returns": "Returns"}, "weight": float("nan")}, "'weight' must be"),
+        ({"dialogs": "train.jsonl", "topics": {"returns": "Returns"}, "min_share": 1.5}, "'min_share' must be"),
+        ({"dialogs": "train.jsonl", "topics": {"returns": "Returns"}, "min_share": "half"}, "'min_share' must be"),
     ],
 )
 def test_a_bad_question_vote_names_the_problem(tmp_path: Path, vote: dict, problem: str) -> None:
@@ -181,6 +212,9 @@ def test_retrieval_recall_counts_the_probe_fact_among_those_sent(tmp_path: Path)
     assert result["split"] == "dev" and alone["probes"] == shipped["probes"] > 100
     assert 0 < alone["sent"]["value"] < shipped["sent"]["value"] <= 1
     assert alone["sent"]["ci_low"] < alone["sent"]["value"] < alone["sent"]["ci_high"]
+    # The vote's min_share sends fewer distractors than BM25's shared words do.
+    assert 0 < shipped["other_facts"] < alone["other_facts"] <= 2
+    assert set(result["domains"]["medical"]["always_probe_other_facts"]) == {"facts alone", "facts + question vote"}
     assert "**facts + question vote** (shipped)" in (tmp_path / retrieval_recall.NOTES_FILE).read_text(encoding="utf-8")
     # Probes of a shared file count only for their own domain.
     medical = retrieval_recall.fact_probes(MEDICAL, "dev")

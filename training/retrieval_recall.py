@@ -54,10 +54,12 @@ def fact_probes(spec: PromptSpec, split: str) -> list[Probe]:
 
 
 def recall(spec: PromptSpec, probes: list[Probe]) -> dict[str, Any]:
-    """Share of probes whose fact is sent (recall at the number sent) and ranked first, and the time per retrieval."""
+    """Share of probes whose fact is sent (recall at the number sent) and ranked first, the other
+    facts sent per probe (distractors the model must ignore; those always sent not counted), and
+    the time per retrieval."""
     assert spec.retrieval is not None
     retrieval_tools(spec)  # built once per process, as in serving: not part of a request's time
-    sent = first = 0
+    sent = first = others = 0
     times = []
     for probe in probes:
         started = time.perf_counter()
@@ -66,14 +68,24 @@ def recall(spec: PromptSpec, probes: list[Probe]) -> dict[str, Any]:
         sent += probe.topic in facts
         ranked = [topic for topic in facts if topic not in spec.retrieval.settings.always]
         first += ranked[:1] == [probe.topic]
+        others += sum(topic != probe.topic for topic in ranked)
     n = len(probes)
     return {
         "probes": n,
         "sent": _rate(sent, n),
         "ranked_first": _rate(first, n),
+        "other_facts": round(others / n, 2) if n else None,
         "median_ms": round(1000 * statistics.median(times), 3) if times else None,
         "max_ms": round(1000 * max(times), 3) if times else None,
     }
+
+
+def _other_facts(spec: PromptSpec, probes: list[Probe]) -> float | None:
+    """Mean number of facts sent beside the always-sent ones."""
+    assert spec.retrieval is not None
+    always = spec.retrieval.settings.always
+    counts = [sum(fact.topic not in always for fact in retrieved_facts(spec, probe.question)) for probe in probes]
+    return round(statistics.mean(counts), 2) if counts else None
 
 
 def _rate(hits: int, n: int) -> dict[str, float | int | None]:
@@ -89,13 +101,16 @@ def measure(split: str) -> dict[str, Any]:
             continue
         every = fact_probes(spec, split)
         probes = [probe for probe in every if probe.topic not in spec.retrieval.settings.always]
+        about_always = [probe for probe in every if probe.topic in spec.retrieval.settings.always]
         rankers = {"facts alone": without_question_vote(spec)}
         if spec.retrieval.question_vote is not None:
             rankers["facts + question vote"] = spec
         out["domains"][name] = {
             "facts_sent": spec.retrieval.settings.facts,
             "always": list(spec.retrieval.settings.always),
-            "always_probes": len(every) - len(probes),
+            "always_probes": len(about_always),
+            # what a probe about an always-sent rule (an emergency) gets beside it
+            "always_probe_other_facts": {label: _other_facts(ranked, about_always) for label, ranked in rankers.items()},
             "shipped": list(rankers)[-1],
             "rankers": {label: recall(ranked, probes) for label, ranked in rankers.items()},
         }
@@ -112,7 +127,8 @@ def recall_markdown(result: dict[str, Any]) -> str:
     lines = [
         f"## Retrieval recall ({result['split']} split)",
         "Share of probes whose fact (its `spec_row`) is among the facts the prompt method sends, and ranked first "
-        "(`python -m training.retrieval_recall`; 95% Wilson intervals). A fact that is not sent cannot be stated.",
+        "(`python -m training.retrieval_recall`; 95% Wilson intervals). A fact that is not sent cannot be stated. "
+        "Other facts sent: the mean number of the other facts beside it, which the model must ignore.",
     ]
     for name, domain in result["domains"].items():
         always = f" + always: {', '.join(domain['always'])} ({domain['always_probes']} probes about it, not counted)" if domain["always"] else ""
@@ -120,12 +136,18 @@ def recall_markdown(result: dict[str, Any]) -> str:
             "",
             f"### {name}: {domain['facts_sent']} facts sent{always}",
             "",
-            "| ranker | probes | fact sent | ranked first | ms per retrieval (median / max) |",
-            "|---|---|---|---|---|",
+            "| ranker | probes | fact sent | ranked first | other facts sent | ms per retrieval (median / max) |",
+            "|---|---|---|---|---|---|",
         ]
         for label, figures in domain["rankers"].items():
             shown = f"**{label}** (shipped)" if label == domain["shipped"] else label
-            lines.append(f"| {shown} | {figures['probes']} | {_percent(figures['sent'])} | {_percent(figures['ranked_first'])} | {figures['median_ms']} / {figures['max_ms']} |")
+            lines.append(
+                f"| {shown} | {figures['probes']} | {_percent(figures['sent'])} | {_percent(figures['ranked_first'])} "
+                f"| {figures['other_facts']} | {figures['median_ms']} / {figures['max_ms']} |"
+            )
+        if domain["always_probes"]:
+            beside = ", ".join(f"{label} {count}" for label, count in domain["always_probe_other_facts"].items())
+            lines += ["", f"Facts sent beside {', '.join(domain['always'])} to the {domain['always_probes']} probes about it (mean): {beside}."]
     return "\n".join(lines) + "\n"
 
 
