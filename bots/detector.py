@@ -3,8 +3,10 @@
 One forward pass of the already loaded base model over the user's message (adapters off)
 gives the mean of its hidden states after block ``blocks`` (21 of 30: a linear probe reads
 emergencies there better than at the last block, measured on the dev set), through the
-final norm (``BackboneBase.embed``, on both backends). A linear softmax layer on that vector gives three tiers, and a second one names the likely
-red flag of an emergency (it picks the escalation text: 911, 988 or Poison Control):
+final norm (``BackboneBase.embed``, on both backends). On that vector, the mean of a few small
+networks (one hidden layer each, seeds apart; a linear softmax layer in files of version 1)
+gives three tiers, and a linear layer names the likely red flag of an emergency (it picks the
+escalation text: 911, 988 or Poison Control):
 
 - ``emergency``: call 911 now (988 / Poison Control where the spec says so);
 - ``urgent``: same-day care, without crying emergency;
@@ -27,7 +29,9 @@ import numpy as np
 
 DETECTOR_FILE = Path(__file__).resolve().with_name("safety_detector.json")
 TIERS: tuple[str, ...] = ("routine", "urgent", "emergency")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""Version 1 files have the linear tier layer only; version 2 adds ``tier_members``."""
 
 
 class DetectorError(ValueError):
@@ -52,7 +56,7 @@ class Detection:
 
 @dataclass
 class DetectorModel:
-    """Linear layers on standardised features, and the decision thresholds."""
+    """The tier and red-flag heads on standardised features, and the decision thresholds."""
 
     base_fingerprint: str
     feature: str
@@ -60,7 +64,7 @@ class DetectorModel:
     mean: list[float]
     scale: list[float]
     tier_weights: list[list[float]]
-    """features x tiers."""
+    """features x tiers (the linear tier layer; empty when ``tier_members`` are given)."""
     tier_bias: list[float]
     red_flags: list[str]
     flag_weights: list[list[float]]
@@ -78,6 +82,10 @@ class DetectorModel:
     """Files, sizes and dev figures of the run that made it."""
     blocks: int | None = None
     """The features are the hidden state after this many blocks (None: after the last one)."""
+    tier_members: list[dict[str, Any]] = field(default_factory=list)
+    """The tier head as the mean of these networks' probabilities, each ``{"w1": features x
+    hidden, "b1": hidden, "w2": hidden x tiers, "b2": tiers}`` with a ReLU between; empty: the
+    linear tier layer."""
     version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -88,10 +96,24 @@ class DetectorModel:
         self._flag_w = np.asarray(self.flag_weights, dtype=np.float32)
         self._flag_b = np.asarray(self.flag_bias, dtype=np.float32)
         width = self._mean.shape[0]
-        if self._scale.shape != (width,) or self._tier_w.shape != (width, len(TIERS)) or self._tier_b.shape != (len(TIERS),):
+        if self._scale.shape != (width,):
+            raise DetectorError("detector weights have inconsistent shapes")
+        self._members = [self._member(member, width) for member in self.tier_members]
+        if not self._members and (self._tier_w.shape != (width, len(TIERS)) or self._tier_b.shape != (len(TIERS),)):
             raise DetectorError("detector weights have inconsistent shapes")
         if self._flag_w.shape != (width, len(self.red_flags)) or self._flag_b.shape != (len(self.red_flags),):
             raise DetectorError("detector red-flag weights have inconsistent shapes")
+
+    @staticmethod
+    def _member(member: dict[str, Any], width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        try:
+            w1, b1, w2, b2 = (np.asarray(member[key], dtype=np.float32) for key in ("w1", "b1", "w2", "b2"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DetectorError(f"a tier member needs w1, b1, w2 and b2 ({exc!r})") from None
+        hidden = b1.shape[0] if b1.ndim == 1 else -1
+        if w1.shape != (width, hidden) or w2.shape != (hidden, len(TIERS)) or b2.shape != (len(TIERS),):
+            raise DetectorError("detector tier member weights have inconsistent shapes")
+        return w1, b1, w2, b2
 
     @property
     def width(self) -> int:
@@ -99,7 +121,10 @@ class DetectorModel:
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
         """Tier probabilities, rows of ``features`` (n x width) -> n x 3."""
-        return _softmax(self._standardise(features) @ self._tier_w + self._tier_b)
+        z = self._standardise(features)
+        if self._members:
+            return np.mean([_softmax(np.maximum(z @ w1 + b1, 0.0) @ w2 + b2) for w1, b1, w2, b2 in self._members], axis=0)
+        return _softmax(z @ self._tier_w + self._tier_b)
 
     def flag_probabilities(self, features: np.ndarray) -> np.ndarray:
         return _softmax(self._standardise(features) @ self._flag_w + self._flag_b)
@@ -149,8 +174,8 @@ def load_detector(path: Path = DETECTOR_FILE) -> DetectorModel:
         raise DetectorError(f"{path} is missing: train it with python -m training.train_detector") from exc
     except (OSError, json.JSONDecodeError) as exc:
         raise DetectorError(f"{path} is malformed ({exc})") from exc
-    if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION:
-        raise DetectorError(f"{path}: unknown detector format (expected version {FORMAT_VERSION})")
+    if not isinstance(data, dict) or data.get("version") not in READABLE_VERSIONS:
+        raise DetectorError(f"{path}: unknown detector format (expected version {' or '.join(map(str, READABLE_VERSIONS))})")
     try:
         return DetectorModel(**data)
     except TypeError as exc:

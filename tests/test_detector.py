@@ -6,6 +6,7 @@ Run: ``python -m pytest tests/test_detector.py``.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from training.train_detector import (
     choose_veto_and_threshold,
     embed_all,
     fit_softmax,
+    fit_tier_network,
     train_detector,
 )
 
@@ -186,7 +188,9 @@ def test_a_sure_detector_overrules_the_rules_and_says_so(trained: tuple[Backbone
     text = "my husband has crushing chest pain going down his left arm"
     match = detect_emergency(text)
     assert match is not None
-    sure = replace(model, rules_veto_threshold=1.01)  # every score is below it: the detector overrules
+    # Every score is below the veto (and, as training keeps it, the veto is not above the
+    # detector's own threshold): the detector overrules the rules.
+    sure = replace(model, rules_veto_threshold=1.0, emergency_threshold=1.0)
     decision = EmergencyGuard(backbone, sure).assess(text, match)
     assert decision.tier != "emergency" or decision.by == "detector"
     assert decision.overruled == match.red_flag and decision.record()["overruled"] == match.red_flag
@@ -200,6 +204,38 @@ def test_softmax_fit_separates_separable_data() -> None:
     y = np.array([0] * 20 + [1] * 20)
     weights, bias = fit_softmax(x, y, 2, FitConfig(steps=200, learning_rate=0.5, l2=0.0))
     assert ((x @ weights + bias).argmax(axis=1) == y).all()
+
+
+def test_tier_networks_fit_what_a_linear_layer_cannot() -> None:
+    rng = np.random.default_rng(0)
+    corners = np.array([[-1.0, -1.0], [1.0, 1.0], [-1.0, 1.0], [1.0, -1.0]])
+    x = np.vstack([corner + rng.normal(0, 0.1, (15, 2)) for corner in corners])
+    y = np.array([0] * 30 + [1] * 30)  # XOR: no straight line separates the classes
+    weights, bias = fit_softmax(x, y, 2, FitConfig(steps=400, learning_rate=0.5, l2=0.0))
+    assert ((x @ weights + bias).argmax(axis=1) == y).mean() < 0.8
+    member = fit_tier_network(x, y, 2, FitConfig(hidden=16, mlp_steps=400), seed=0)
+    hidden = np.maximum(x @ np.array(member["w1"]) + np.array(member["b1"]), 0)
+    assert ((hidden @ np.array(member["w2"]) + np.array(member["b2"])).argmax(axis=1) == y).all()
+
+
+def test_the_tier_head_is_the_mean_of_its_networks_and_a_linear_file_still_loads(trained: tuple[Backbone, DetectorModel], tmp_path: Path) -> None:
+    _, model = trained
+    assert len(model.tier_members) == FitConfig.members and model.tier_weights == []
+    features = np.random.default_rng(1).normal(size=(3, model.width)).astype(np.float32)
+    one = replace(model, tier_members=model.tier_members[:1])
+    two = replace(model, tier_members=model.tier_members[1:2])
+    both = replace(model, tier_members=model.tier_members[:2])
+    assert np.allclose(both.probabilities(features), (one.probabilities(features) + two.probabilities(features)) / 2, atol=1e-6)
+    # A version-1 file: the linear tier layer, no networks.
+    linear = replace(model, tier_members=[], tier_weights=np.zeros((model.width, 3)).tolist(), tier_bias=[0.0, 0.0, 1.0], version=1)
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps({k: v for k, v in json.loads(linear.to_json()).items() if k != "tier_members"}))
+    loaded = load_detector(path)
+    assert loaded.version == 1 and np.allclose(loaded.probabilities(features), np.exp([0, 0, 1]) / np.exp([0, 0, 1]).sum(), atol=1e-6)
+    with pytest.raises(DetectorError, match="inconsistent shapes"):
+        replace(model, tier_members=[{**model.tier_members[0], "b2": [0.0]}])
+    with pytest.raises(DetectorError, match="needs w1, b1, w2 and b2"):
+        replace(model, tier_members=[{"w1": []}])
 
 
 def test_side_by_side_report_counts_each_part(trained: tuple[Backbone, DetectorModel]) -> None:
@@ -221,7 +257,8 @@ def test_shipped_tier_sets_parse_and_cover_every_tier(name: str) -> None:
 
 
 def test_tier_sets_do_not_overlap() -> None:
-    texts = {name: {" ".join(m.text.lower().split()) for m in load_tiered(SAFETY_EVAL_DIR / f"{name}.jsonl")} for name in ALL_SETS}
+    # Punctuation and case are ignored: "why?" and "why" are the same message to the detector.
+    texts = {name: {" ".join(re.findall(r"\w+", m.text.lower())) for m in load_tiered(SAFETY_EVAL_DIR / f"{name}.jsonl")} for name in ALL_SETS}
     assert all(not texts[a] & texts[b] for i, a in enumerate(ALL_SETS) for b in ALL_SETS[i + 1 :])
 
 

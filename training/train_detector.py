@@ -4,10 +4,11 @@
     python -m training.train_detector --target-recall 0.99 --out /tmp/detector.json
 
 Features: the loaded base model's mean hidden state after block 21 of each message (``embed``
-of the serving backend, llama.cpp by default). Two linear softmax layers are fitted with class
-weights and L2 (numpy, full-batch gradient descent): the tier (routine / urgent / emergency)
-on the ``train`` sets of ``bots/safety_eval/detector_sets.yaml``, and the red flag on their
-emergencies. On the ``dev`` sets: the veto (a rules match is overruled below it; ``--no-veto``:
+of the serving backend, llama.cpp by default). The tier (routine / urgent / emergency) is
+fitted on the ``train`` sets of ``bots/safety_eval/detector_sets.yaml`` as the mean of
+``--members`` small networks (one ReLU layer of ``--hidden`` units, class weights, L2, Adam;
+seeds apart; ``--hidden 0``: one linear softmax layer, the v3 recipe), and the red flag on
+their emergencies by a linear softmax layer (numpy, full-batch). On the ``dev`` sets: the veto (a rules match is overruled below it; ``--no-veto``:
 never) and the emergency threshold are chosen together, the pair with the fewest false alarms
 at which the guard (rules unless overruled, OR detector) still reaches ``--target-recall``
 (``--veto-choice margin``: the veto at half the lowest P(emergency) of a dev emergency the
@@ -67,6 +68,14 @@ class FitConfig:
     veto_margin: float = 0.5
     """veto_choice "margin": the veto threshold is this fraction of the lowest P(emergency) of a
     dev emergency the rules catch (no such emergency is overruled)."""
+    hidden: int = 32
+    """Hidden units of each tier network; 0: a linear tier layer. Chosen on dev (detector v4):
+    at the same dev recall, 5 networks of 32 cut dev false alarms from 0.096 (linear) to 0.053."""
+    members: int = 5
+    """Tier networks averaged (seeds 0..members-1): one alone varied from 0.06 to 0.10 dev false alarms."""
+    mlp_steps: int = 300
+    mlp_l2: float = 1e-3
+    mlp_learning_rate: float = 0.05
     cache_features: bool = False
     """Keep the features between fits (TOP_CACHE_DIR/detector-features; the CLI turns it on):
     they depend only on the base, the backend and the block."""
@@ -118,6 +127,41 @@ def fit_softmax(features: np.ndarray, labels: np.ndarray, classes: int, config: 
         weights -= config.learning_rate * (x.T @ grad + config.l2 * weights)
         bias -= config.learning_rate * grad.sum(axis=0)
     return weights, bias
+
+
+def fit_tier_network(features: np.ndarray, labels: np.ndarray, classes: int, config: FitConfig, seed: int) -> dict[str, list]:
+    """One hidden ReLU layer and a softmax, class-weighted, with L2, by full-batch Adam; the
+    weights rounded to 6 significant digits (the file stays small; the thresholds are chosen on
+    the rounded network)."""
+    rng = np.random.default_rng(seed)
+    n, width = features.shape
+    x = features.astype(np.float64)
+    params = [
+        rng.normal(0.0, 1.0 / np.sqrt(width), (width, config.hidden)),
+        np.zeros(config.hidden),
+        rng.normal(0.0, 1.0 / np.sqrt(config.hidden), (config.hidden, classes)),
+        np.zeros(classes),
+    ]
+    onehot = np.eye(classes)[labels]
+    counts = np.bincount(labels, minlength=classes).astype(np.float64)
+    sample_weight = (n / (classes * np.maximum(counts, 1)))[labels][:, None]
+    first, second = [np.zeros_like(p) for p in params], [np.zeros_like(p) for p in params]
+    for step in range(1, config.mlp_steps + 1):
+        w1, b1, w2, b2 = params
+        hidden = np.maximum(x @ w1 + b1, 0.0)
+        logits = hidden @ w2 + b2
+        logits -= logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits)
+        probs /= probs.sum(axis=1, keepdims=True)
+        grad_logits = (probs - onehot) * sample_weight / n
+        grad_hidden = (grad_logits @ w2.T) * (hidden > 0)
+        grads = [x.T @ grad_hidden + config.mlp_l2 * w1, grad_hidden.sum(axis=0), hidden.T @ grad_logits + config.mlp_l2 * w2, grad_logits.sum(axis=0)]
+        for i, grad in enumerate(grads):
+            first[i] = 0.9 * first[i] + 0.1 * grad
+            second[i] = 0.999 * second[i] + 0.001 * grad * grad
+            params[i] -= config.mlp_learning_rate * (first[i] / (1 - 0.9**step)) / (np.sqrt(second[i] / (1 - 0.999**step)) + 1e-8)
+    rounded = [np.array([float(f"{value:.6g}") for value in p.ravel()]).reshape(p.shape) for p in params]
+    return dict(zip(("w1", "b1", "w2", "b2"), (p.tolist() for p in rounded), strict=True))
 
 
 def choose_rules_veto(p_emergency: np.ndarray, rules_hit: np.ndarray, is_emergency: np.ndarray, margin: float) -> float:
@@ -177,7 +221,13 @@ def train_detector(backbone: BackboneBase, train: list[TieredMessage], dev: list
     x_dev = embed_all(backbone, [m.text for m in dev], config.blocks, "dev", cache)
     mean, scale = x_train.mean(axis=0), x_train.std(axis=0) + 1e-6
     z_train = (x_train - mean) / scale
-    tier_w, tier_b = fit_softmax(z_train, np.array([TIERS.index(m.tier) for m in train]), len(TIERS), config)
+    tier_labels = np.array([TIERS.index(m.tier) for m in train])
+    if config.hidden > 0:
+        members = [fit_tier_network(z_train, tier_labels, len(TIERS), config, seed) for seed in range(config.members)]
+        tier_w, tier_b = np.zeros((0, len(TIERS))), np.zeros(0)
+    else:
+        members = []
+        tier_w, tier_b = fit_softmax(z_train, tier_labels, len(TIERS), config)
     flags = sorted({m.red_flag for m in train if m.tier == "emergency" and m.red_flag})
     emergencies = [i for i, m in enumerate(train) if m.tier == "emergency" and m.red_flag]
     flag_w, flag_b = fit_softmax(z_train[emergencies], np.array([flags.index(train[i].red_flag) for i in emergencies]), len(flags), config)
@@ -189,6 +239,7 @@ def train_detector(backbone: BackboneBase, train: list[TieredMessage], dev: list
         scale=scale.tolist(),
         tier_weights=tier_w.tolist(),
         tier_bias=tier_b.tolist(),
+        tier_members=members,
         red_flags=flags,
         flag_weights=flag_w.tolist(),
         flag_bias=flag_b.tolist(),
@@ -222,6 +273,8 @@ def train_detector(backbone: BackboneBase, train: list[TieredMessage], dev: list
         "backend": backbone.backend,
         "fit": {
             "blocks": config.blocks, "l2": config.l2, "steps": config.steps, "learning_rate": config.learning_rate,
+            "hidden": config.hidden, "members": config.members if config.hidden else 0,
+            "mlp_steps": config.mlp_steps, "mlp_l2": config.mlp_l2, "mlp_learning_rate": config.mlp_learning_rate,
             "target_recall": config.target_recall, "rules_veto": config.rules_veto, "veto_choice": config.veto_choice, "veto_margin": config.veto_margin,
         },
         "dev_figures": figures,
@@ -234,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DETECTOR_FILE, help="where to write the detector (default: bots/safety_detector.json)")
     parser.add_argument("--target-recall", type=float, default=FitConfig.target_recall, help="dev recall of rules OR detector to keep (default 0.98)")
     parser.add_argument("--l2", type=float, default=FitConfig.l2)
+    parser.add_argument("--hidden", type=int, default=FitConfig.hidden, help=f"hidden units of each tier network (default {FitConfig.hidden}; 0: a linear tier layer)")
+    parser.add_argument("--members", type=int, default=FitConfig.members, help=f"tier networks averaged (default {FitConfig.members})")
     parser.add_argument("--no-veto", action="store_true", help="the rules always stand (no rules_veto_threshold)")
     parser.add_argument("--veto-choice", choices=("joint", "margin"), default=FitConfig.veto_choice, help="how the veto is chosen on dev (default joint: with the threshold, fewest false alarms)")
     parser.add_argument("--blocks", type=int, default=DEFAULT_BLOCKS, help=f"features after this many blocks (default {DEFAULT_BLOCKS}; 0: the last block)")
@@ -242,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0 < args.target_recall <= 1 or args.l2 < 0:
         parser.error("--target-recall must be in (0, 1] and --l2 >= 0")
+    if args.hidden < 0 or args.members < 1:
+        parser.error("--hidden must be >= 0 and --members >= 1")
     started = time.perf_counter()
     try:  # the sets first: a broken one is an error before the model loads
         roles = set_roles()
@@ -250,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     backbone = build_backbone(BaseModelSpec.from_env(args.base_model, backend=args.backend))
     sources = {role: " + ".join(f"bots/safety_eval/{name}.jsonl" for name in roles[role]) for role in ("train", "dev")}
-    config = FitConfig(blocks=args.blocks or None, l2=args.l2, target_recall=args.target_recall, rules_veto=not args.no_veto, veto_choice=args.veto_choice, cache_features=True)
+    config = FitConfig(blocks=args.blocks or None, l2=args.l2, hidden=args.hidden, members=args.members, target_recall=args.target_recall, rules_veto=not args.no_veto, veto_choice=args.veto_choice, cache_features=True)
     model, figures = train_detector(backbone, train, dev, config, sources)
     args.out.write_text(model.to_json(), encoding="utf-8")
     print(f"wrote {args.out} in {time.perf_counter() - started:.0f} s (thresholds: emergency {model.emergency_threshold:.4f}, urgent {model.urgent_threshold:.4f})")
