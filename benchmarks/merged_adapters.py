@@ -144,10 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     print("measuring the four-variant answer...", flush=True)
     results.compare = {"run-time": measure_compare(runtime_path, settings), "merged": measure_compare(merged, settings)}
     backbone = merged.backbone
+    merged_lanes = 0
     for name, pool in backbone._pools.items():  # noqa: SLF001  a benchmark reads the backbone's insides
         if pool.merged:
             results.files_mb[name] = pool.model.path.stat().st_size / 1e6
-    results.kv_mb_per_pool = backbone.config.lanes * backbone.kv_bytes_per_lane() / 1e6
+            merged_lanes = pool.lane_count
+    results.kv_mb_per_pool = merged_lanes * backbone.kv_bytes_per_lane() / 1e6
     print()
     print_report(results)
     if args.json:

@@ -47,6 +47,8 @@ def _build_llamacpp(spec: BaseModelSpec) -> BackboneBase:
     config = LlamaServingConfig(merge_adapters=spec.merge_adapters)
     if spec.lanes is not None:
         config = replace(config, lanes=spec.lanes)
+    if spec.running is not None:
+        config = replace(config, running=spec.running)
     return LlamaCppBackbone(load_gguf_base(spec), config=config)
 
 

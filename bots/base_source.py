@@ -28,6 +28,13 @@ ENV_CACHE = "TOP_CACHE_DIR"
 ENV_BACKEND = "TOP_BACKEND"
 ENV_MERGE_ADAPTERS = "TOP_MERGE_ADAPTERS"
 ENV_THREADS = "TOP_THREADS"
+ENV_RUNNING = "TOP_RUNNING"
+ENV_LANES = "TOP_LANES"
+FALSE_WORDS = ("0", "false", "no", "off")
+DEFAULT_LANES = 24
+"""llama.cpp: KV lanes of the base's pool (bots.llama_backbone.LlamaServingConfig says why)."""
+DEFAULT_RUNNING = 16
+"""llama.cpp: replies decoded at once (bots.llama_backbone.LlamaServingConfig says why)."""
 CACHE_META = "tune_or_prompt_base.json"
 
 
@@ -56,22 +63,39 @@ class BaseModelSpec:
     backend: str = "auto"
     """Serving backend: 'auto' (the fastest installed that can run this source), 'llamacpp' or 'transformers'."""
     lanes: int | None = None
-    """Replies generated together (llama.cpp); None keeps the backend's default."""
-    merge_adapters: bool = False
+    """llama.cpp: KV lanes of the base's pool (prefixes kept); None keeps the backend's default. Env TOP_LANES."""
+    running: int | None = None
+    """llama.cpp: replies decoded at once; None keeps the backend's default. Env TOP_RUNNING."""
+    merge_adapters: bool = True
     """llama.cpp: serve each LoRA variant from a copy of the base with the adapter folded in
-    (bots/gguf_merge.py) instead of applying it at run time. Env TOP_MERGE_ADAPTERS=1."""
+    (bots/gguf_merge.py) instead of applying it at run time: base decode speed for a cached
+    file per adapter (README, *Merged adapters*). Env TOP_MERGE_ADAPTERS=0 turns it off."""
 
     @classmethod
     def from_env(cls, source: str | None = None, cache_dir: str | Path | None = None, backend: str | None = None) -> BaseModelSpec:
         """Explicit arguments win over environment variables, which win over defaults."""
         chosen = source or os.environ.get(ENV_SOURCE) or EMBEDDED
         cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-        merge = os.environ.get(ENV_MERGE_ADAPTERS, "").strip().lower() in ("1", "true", "yes", "on")
-        threads_text = os.environ.get(ENV_THREADS, "").strip()
-        if threads_text and not (threads_text.isdigit() and int(threads_text) > 0):
-            raise BaseModelError(f"{ENV_THREADS} must be a positive whole number of threads, not {threads_text!r}")
-        threads = int(threads_text) if threads_text else None
-        return cls(source=chosen, cache_dir=cache, backend=backend or os.environ.get(ENV_BACKEND) or "auto", merge_adapters=merge, threads=threads)
+        merge = os.environ.get(ENV_MERGE_ADAPTERS, "").strip().lower() not in FALSE_WORDS
+        return cls(
+            source=chosen,
+            cache_dir=cache,
+            backend=backend or os.environ.get(ENV_BACKEND) or "auto",
+            merge_adapters=merge,
+            threads=_positive_int_env(ENV_THREADS, "threads"),
+            lanes=_positive_int_env(ENV_LANES, "lanes"),
+            running=_positive_int_env(ENV_RUNNING, "replies"),
+        )
+
+
+def _positive_int_env(name: str, unit: str) -> int | None:
+    """A positive whole number from the environment; unset or empty: None (the default)."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    if not (text.isdigit() and int(text) > 0):
+        raise BaseModelError(f"{name} must be a positive whole number of {unit}, not {text!r}")
+    return int(text)
 
 
 def hub_id_of(source: str) -> str:

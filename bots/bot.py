@@ -275,10 +275,15 @@ class LoraBot(Bot):
     def adapter(self) -> str | None:
         return self.adapter_name or self.spec.domain
 
+    @classmethod
+    def adapter_folder_of(cls, domain: str) -> str:
+        """The folder of this method's adapter for ``domain``, under the adapters directory."""
+        return domain
+
     @property
     def adapter_folder(self) -> str:
         """The adapter's folder under the adapters directory."""
-        return self.spec.domain
+        return self.adapter_folder_of(self.spec.domain)
 
     def render(self, conversation: list[Message], override: PromptOverride | None = None) -> list[Message]:
         # No fact sheet, no few-shot: what it knows it must have learned. Overrides do not apply.
@@ -307,9 +312,9 @@ class HybridBot(LoraBot):
     def adapter(self) -> str | None:
         return self.adapter_name or f"{self.spec.domain}-hybrid"
 
-    @property
-    def adapter_folder(self) -> str:
-        return f"{self.spec.domain}-hybrid"
+    @classmethod
+    def adapter_folder_of(cls, domain: str) -> str:
+        return f"{domain}-hybrid"
 
     def render(self, conversation: list[Message], override: PromptOverride | None = None) -> list[Message]:
         return render_hybrid(self.prompt, conversation)

@@ -44,30 +44,46 @@ from bots.backbone_base import (
     GenerationError,
     Message,
 )
-from bots.base_source import EMBEDDED, EMBEDDED_NAME, BaseModelError, BaseModelSpec, cached_file_sha256, embedded_gguf_path
+from bots.base_source import (
+    DEFAULT_LANES,
+    DEFAULT_RUNNING,
+    EMBEDDED,
+    EMBEDDED_NAME,
+    BaseModelError,
+    BaseModelSpec,
+    cached_file_sha256,
+    embedded_gguf_path,
+)
 from bots.generation import GenerationSettings, GenerationStats, TokenPicker, stream_text
 from bots.gguf_lora import HeadLayout, cached_gguf_lora
 from bots.gguf_merge import cached_merged_gguf
 from bots.gguf_truncate import cached_truncated_gguf
 from bots.llama_engine import Context, EmbeddingContext, LlamaEngineError, LlamaModel, Run
 
-KV_FORMAT = "llama-cpp-python-0.3.36-f16-v3"
+KV_FORMAT = "llama-cpp-python-0.3.36-f16-v4"
 """Part of a prefix KV file's key: a new llama.cpp or a new layout makes new files (v2: files are
-never saved after a share; v3: 8 lanes by default, so the files of the old 4-lane default are not tried)."""
+never saved after a share; v3: 8 lanes by default; v4: every key names its pool's lane count)."""
 
 
 @dataclass(frozen=True)
 class LlamaServingConfig:
     """How the llama.cpp backbone uses the machine."""
 
-    lanes: int = 8
-    """KV caches of a pool, each for a whole context (2048 tokens: 47 MB in f16). More lanes than
-    ``running`` keep other prompts' prefixes while replies run: with as many lanes as replies,
-    each new reply had to take the lane just freed, whatever it held, and under a mix of
+    lanes: int = DEFAULT_LANES
+    """KV caches of the base's pool, each for a whole context (2048 tokens: 47 MB in f16). More
+    lanes than ``running`` keep other prompts' prefixes while replies run: with as many lanes as
+    replies, each new reply had to take the lane just freed, whatever it held, and under a mix of
     variants almost every prompt token was computed again (measured: 16,845 of 17,223 prompt
     tokens with 4 replies at once, against 8,811 one at a time)."""
-    running: int = 4
-    """Replies decoded at once (more wait their turn); at most ``lanes``."""
+    running: int = DEFAULT_RUNNING
+    """Replies decoded at once (more wait their turn); at most ``lanes``. A decode step of k
+    sequences costs far less than k steps of one (``benchmarks.batch_scaling``), and the
+    adapter groups split the batch, so the more run at once the more each group batches:
+    engine alone, 16 concurrent requests gave 1.48x one at a time with 16 running in 24
+    lanes, 1.43x with 4 in 8 (README, *Under load*)."""
+    merged_lanes: int = 8
+    """Lanes of each merged adapter's pool (at most ``lanes``): one variant's prompts, so fewer
+    prefixes to keep, and each lane's KV cache is memory (47 MB)."""
     batch_tokens: int = 256
     """Most prompt tokens fed per round: bounds how long other replies wait for a long prompt."""
     burst_steps: int = 8
@@ -278,7 +294,7 @@ class LlamaCppBackbone(BackboneBase):
         if self.base.path is None:
             raise NotImplementedError("the base GGUF file is unknown: nothing to merge the adapter into")
         merged = cached_merged_gguf(self.base.path, self.base.fingerprint, gguf_lora, self.cache_dir, self.config.merged_weight_type)
-        return _Pool(LlamaModel(merged, self.model.threads), self.config.lanes, merged=True)
+        return _Pool(LlamaModel(merged, self.model.threads), min(self.config.merged_lanes, self.config.lanes), merged=True)
 
     def adapter_serving(self, name: str | None) -> str | None:
         pool = self._pools.get(name) if name is not None else None
@@ -324,11 +340,11 @@ class LlamaCppBackbone(BackboneBase):
 
     def _kv_file(self, prompt_ids: list[int], adapter: str | None) -> Path:
         """The prefix KV cache file of a prompt: keyed by the base, the adapter's weights and the tokens."""
-        merged = f":merged-{self.config.merged_weight_type}" if adapter is not None and self._pool_of(adapter).merged else ""
+        pool = self._pool_of(adapter)
+        merged = f":merged-{self.config.merged_weight_type}" if adapter is not None and pool.merged else ""
         # The lane count is in the key: llama.cpp refuses a sequence file saved by a context
         # with another number of sequences (its KV streams), so each count keeps its own files.
-        lanes = f":lanes={self.config.lanes}" if self.config.lanes != LlamaServingConfig.lanes else ""
-        digest = hashlib.sha256(f"{self.base.fingerprint}:{adapter}:{KV_FORMAT}{merged}{lanes}".encode())
+        digest = hashlib.sha256(f"{self.base.fingerprint}:{adapter}:{KV_FORMAT}{merged}:lanes={pool.lane_count}".encode())
         if adapter is not None:
             digest.update(cached_file_sha256(self.adapters[adapter] / "adapter_model.safetensors", self.cache_dir).encode())
         digest.update(np.asarray(prompt_ids, dtype=np.int32).tobytes())

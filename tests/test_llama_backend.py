@@ -54,7 +54,7 @@ def test_backend_comes_from_the_environment_unless_given(monkeypatch: pytest.Mon
     assert BaseModelSpec.from_env(backend="llamacpp").backend == "llamacpp"
 
 
-@pytest.mark.parametrize(("value", "merged"), [("1", True), ("true", True), ("0", False), ("", False)])
+@pytest.mark.parametrize(("value", "merged"), [("1", True), ("true", True), ("0", False), ("off", False), ("", True)])
 def test_merging_adapters_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch, value: str, merged: bool) -> None:
     monkeypatch.setenv("TOP_MERGE_ADAPTERS", value)
     assert BaseModelSpec.from_env().merge_adapters is merged
@@ -69,6 +69,32 @@ def test_threads_come_from_the_environment_and_a_bad_value_is_a_clear_error(monk
         monkeypatch.setenv("TOP_THREADS", bad)
         with pytest.raises(BaseModelError, match="TOP_THREADS must be a positive whole number"):
             BaseModelSpec.from_env()
+
+
+@pytest.mark.parametrize("name", ["TOP_RUNNING", "TOP_LANES"])
+def test_running_and_lanes_come_from_the_environment_and_a_bad_value_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    field_name = name.removeprefix("TOP_").lower()
+    monkeypatch.setenv(name, "")
+    assert getattr(BaseModelSpec.from_env(), field_name) is None
+    monkeypatch.setenv(name, "6")
+    assert getattr(BaseModelSpec.from_env(), field_name) == 6
+    for bad in ("0", "many", "2.5"):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(BaseModelError, match=f"{name} must be a positive whole number"):
+            BaseModelSpec.from_env()
+
+
+def test_the_llamacpp_backbone_takes_running_and_lanes_from_the_spec(tmp_path: Path) -> None:
+    if not llama_cpp_installed():
+        pytest.fail("llama-cpp-python is not installed; CI is set, so this fails instead of skipping")
+    from bots.backends import build_backbone
+
+    backbone = build_backbone(BaseModelSpec(cache_dir=tmp_path, backend="llamacpp", lanes=3, running=2, merge_adapters=False))
+    try:
+        assert (backbone.config.lanes, backbone.config.running, backbone.parallel_replies) == (3, 2, 2)
+        assert len(backbone.lanes) == 3
+    finally:
+        backbone.close()
 
 
 # --- the converter (no model) -------------------------------------------------------------------
@@ -527,7 +553,7 @@ def merged_backbone(tmp_path_factory: pytest.TempPathFactory):
     spec = BaseModelSpec(cache_dir=tmp_path_factory.mktemp("merged-cache"), backend="llamacpp")
     backbone = LlamaCppBackbone(load_gguf_base(spec), config=LlamaServingConfig(lanes=2, merge_adapters=True))
     backbone.load_adapter("ecommerce", ADAPTERS / "ecommerce")
-    runtime_path = LlamaCppBackbone(load_gguf_base(spec), config=LlamaServingConfig(lanes=2))
+    runtime_path = LlamaCppBackbone(load_gguf_base(spec), config=LlamaServingConfig(lanes=2, merge_adapters=False))
     runtime_path.load_adapter("ecommerce", ADAPTERS / "ecommerce")
     yield backbone, runtime_path
     backbone.close()

@@ -78,8 +78,10 @@ def test_every_row_comes_from_its_measurement(tmp_path: Path) -> None:
     cells = {row["row"]: row["values"] for row in block["rows"]}
     assert "better than the control on 1 of 2" in cells["scope"]["lora"] and "worse on 1" in cells["scope"]["prompt"]
     assert cells["data needed"]["lora"].startswith("600 training dialogs, 76,089 tokens per pass × 2 epochs")
-    shots = len(load_prompt_spec("ecommerce").few_shot)
-    assert cells["data needed"]["prompt"].startswith(f"no training data; {shots} few-shot dialogs")
+    retrieval = load_prompt_spec("ecommerce").retrieval
+    assert cells["data needed"]["lora"].endswith("no facts or examples in the prompt")
+    assert cells["data needed"]["prompt"].startswith(f"no training data; up to {retrieval.settings.facts} facts retrieved")
+    assert f"{retrieval.settings.examples} of {len(retrieval.example_pool)} example dialogs" in cells["data needed"]["prompt"]
     assert cells["model updates"]["lora"] == "4.88 M trainable parameters (3.5% of 139 M); adapter 2.0 MB"
     assert cells["model updates"]["prompt"].startswith("0")
     assert "new value in 1/10" in cells["adaptability"]["lora"] and "retraining to catch up: 10.0 min" in cells["adaptability"]["lora"]
@@ -152,3 +154,10 @@ def test_the_serving_child_reports_its_memory_and_times_each_variant_one_reply_a
     for name in prompt_variants:
         timed = figures["timings"][name]
         assert timed["replies"] == method_table.TIMED_QUESTIONS and 0 < timed["ttft_s"] <= timed["latency_s"] and 0 < timed["new_tokens"] <= 3
+
+
+def test_each_adapter_method_reads_the_log_of_its_own_folder() -> None:
+    assert method_table._adapter_folder("lora", "medical") == "medical"
+    assert method_table._adapter_folder("hybrid", "medical") == "medical-hybrid"
+    assert method_table._adapter_folder("prompt", "medical") is None
+    assert method_table._adapter_folder("no-such-method", "medical") is None

@@ -17,7 +17,7 @@ counted for both. ``--reuse DIR`` takes the replies of an earlier run where noth
 on changed (``training.eval_reuse``), so a new adapter or prompt costs only its own replies.
 
 Backends: the fast one by default (llama.cpp when installed, as ``auto`` chooses), with
-``--parallel`` replies in flight (the backend's lanes); ``--backend transformers`` is the
+``--parallel`` replies in flight (default: as many as the backend runs together); ``--backend transformers`` is the
 reference, one reply at a time. Reference perplexity comes from the backend's own logits
 (teacher-forced: llama.cpp's, or the reference's); a backend that cannot score tokens leaves it
 out and the report says so.
@@ -60,7 +60,7 @@ from tqdm import tqdm
 import domains
 from bots.backends import BACKEND_NAMES, choose_backend
 from bots.base_model import BaseModelSpec, file_sha256
-from bots.base_source import BaseModelError
+from bots.base_source import DEFAULT_LANES, DEFAULT_RUNNING, BaseModelError
 from bots.bot import Bot
 from bots.cli_args import CommandParser
 from bots.conversation import clean_conversation
@@ -112,7 +112,7 @@ class EvalConfig:
     split: str = "test"
     """Which probes: 'dev', 'test' (the reported comparison) or 'all'. The test-split dialogs are always in."""
     parallel: int = 0
-    """Replies in flight at once; 0: as many as the backend generates together (its lanes)."""
+    """Replies in flight at once; 0: as many as the backend generates together."""
     resamples: int = stats.DEFAULT_RESAMPLES
     """Bootstrap resamples for intervals and paired tests (seeded)."""
     sources: tuple[str, ...] | None = None
@@ -836,7 +836,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--backend", choices=BACKEND_NAMES, default=None,
         help="auto (default: llama.cpp when installed, else transformers), llamacpp, transformers (the reference) or openai; env TOP_BACKEND",
     )  # fmt: skip
-    parser.add_argument("--parallel", type=int, default=0, help="replies in flight at once (default 0: the backend's lanes; 4 on llama.cpp, 1 on transformers)")
+    parser.add_argument("--parallel", type=int, default=0, help=f"replies in flight at once (default 0: what the backend runs together; {DEFAULT_RUNNING} on llama.cpp, 1 on transformers)")
     # One torch thread by default: with two threads on two cores shared with another job (training),
     # decoding fell from 12.8 to 0.5-1.3 tok/s here (the threads wait on each other).
     parser.add_argument("--threads", type=int, default=None, help="compute threads (default: 1 for transformers, robust on a shared CPU; all cores for llama.cpp; 0: the backend's default)")
@@ -883,8 +883,11 @@ def runtime_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
     except BaseModelError as exc:
         parser.error(str(exc))
     threads = args.threads if args.threads is not None else (1 if backend == "transformers" else 0)
-    lanes = getattr(args, "parallel", 0) or None  # --parallel N: N llama.cpp lanes, so N replies really run together
-    runtime = get_runtime(replace(spec, backend=backend, threads=threads or None, lanes=lanes), args.adapters_dir, warm_prompts=True)
+    parallel = getattr(args, "parallel", 0)
+    if parallel:  # --parallel N: N llama.cpp replies really run together, in lanes enough to keep prefixes
+        lanes = max(spec.lanes or DEFAULT_LANES, parallel + parallel // 2)
+        spec = replace(spec, running=parallel, lanes=lanes)
+    runtime = get_runtime(replace(spec, backend=backend, threads=threads or None), args.adapters_dir, warm_prompts=True)
     runtime.backbone.wait_idle(300)
     return runtime
 

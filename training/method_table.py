@@ -36,7 +36,9 @@ from typing import Any
 import yaml
 
 import domains
+from bots.bot import LoraBot
 from bots.cli_args import CommandParser
+from bots.registry import METHODS
 from prompts import load_prompt_spec
 from training import metrics as m
 from training.curve_report import CURVE_FILE
@@ -127,9 +129,17 @@ def measure_serving_memory(methods: list[str], needs_adapters: set[str], run: An
 # --------------------------------------------------------------------------- the rows
 
 
-def _log(adapters_dir: Path, domain: str) -> dict[str, Any] | None:
+def _adapter_folder(method: str, domain: str) -> str | None:
+    """The method's adapter folder for the domain; None for a method without an adapter."""
+    spec = METHODS.get(method)
+    if spec is None or not issubclass(spec.bot_class, LoraBot):
+        return None
+    return spec.bot_class.adapter_folder_of(domain)
+
+
+def _log(adapters_dir: Path, folder: str) -> dict[str, Any] | None:
     try:
-        return json.loads((adapters_dir / domain / LOG_FILE).read_text(encoding="utf-8"))
+        return json.loads((adapters_dir / folder / LOG_FILE).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
 
@@ -177,11 +187,12 @@ def domain_rows(
     variants = {info["method"]: name for name, info in entries.items() if info["domain"] == domain and not info.get("guard")}
     methods = [method for method in ("lora", "prompt", "base", "hybrid") if method in variants] + sorted(set(variants) - {"lora", "prompt", "base", "hybrid"})
     control = variants.get("base")
-    log = _log(adapters_dir, domain)
+    folders = {method: _adapter_folder(method, domain) for method in methods}
+    logs = {method: _log(adapters_dir, folder) for method, folder in folders.items() if folder}
     prompt = load_prompt_spec(domain)
     drift = load_section_data(reports_dir, f"fact_drift_{domain}.json")
     curve = load_section_data(reports_dir, CURVE_FILE)
-    trains = {"lora", "hybrid"}
+    trains = set(logs)
 
     def value(method: str, fn: Any) -> str:
         return fn(method, variants[method])
@@ -193,19 +204,33 @@ def domain_rows(
 
     add("scope", lambda method, name: config.scope.get(method, "–") + _wins_over_control(results, domain, name, control))
 
+    retrieval = prompt.retrieval
+    retrieved = (
+        f"up to {retrieval.settings.facts} facts retrieved from a {len(prompt.fact_sheet)}-line fact sheet"
+        + (f" (and always {', '.join(retrieval.settings.always)})" if retrieval.settings.always else "")
+        if retrieval
+        else ""
+    )
+    in_prompt = {
+        "lora": "no facts or examples in the prompt",
+        "hybrid": f"{retrieved} in every request, no examples",
+        "prompt": f"{retrieved} and {retrieval.settings.examples} of {len(retrieval.example_pool)} example dialogs, selected by similarity, in every request" if retrieval else "",
+        "static": f"{len(prompt.few_shot)} few-shot dialogs and the whole {len(prompt.fact_sheet)}-line fact sheet in every request",
+    }
+
     def data_needed(method: str, name: str) -> str:
-        if method in trains and log:
+        if method in trains and (log := logs[method]):
             tokens = (log.get("epochs") or [{}])[0].get("train_tokens")
-            return f"{log['split_sizes']['train']} training dialogs, {tokens:,} tokens per pass × {len(log.get('epochs', []))} epochs; no examples in the prompt"
-        if method == "prompt":
-            return f"no training data; {len(prompt.few_shot)} few-shot dialogs and a {len(prompt.fact_sheet)}-line fact sheet in every request"
+            return f"{log['split_sizes']['train']} training dialogs, {tokens:,} tokens per pass × {len(log.get('epochs', []))} epochs; {in_prompt.get(method, '')}"
+        if in_prompt.get(method):
+            return f"no training data; {in_prompt[method]}"
         return "none"
 
     add("data needed", data_needed)
 
     def updates(method: str, name: str) -> str:
-        if method in trains and log:
-            weights = adapters_dir / domain / "adapter_model.safetensors"
+        if method in trains and (log := logs[method]):
+            weights = adapters_dir / folders[method] / "adapter_model.safetensors"
             share = 100 * log["trainable_parameters"] / log["total_parameters"]
             return f"{log['trainable_parameters'] / 1e6:.2f} M trainable parameters ({share:.1f}% of {log['total_parameters'] / 1e6:.0f} M); adapter {weights.stat().st_size / 1e6:.1f} MB"
         return "0: the base weights are untouched"
@@ -218,7 +243,7 @@ def domain_rows(
             return "not measured (no fact-drift result)"
         new, old = row["new_value"], row["old_value"]
         text = f"after {len(drift['changes'])} changed fact(s): new value in {new['hits']}/{new['n']} = {new['value']:.0%} [{new['ci_low']:.0%}, {new['ci_high']:.0%}], old value still in {old['hits']}/{old['n']}"
-        if method in trains and log:
+        if method in trains and (log := logs[method]):
             text += f"; retraining to catch up: {log['train_seconds'] / 60:.1f} min"
         return text
 
@@ -228,7 +253,7 @@ def domain_rows(
     def resources(method: str, name: str) -> str:
         serving = memory.get(method)
         serve = f"serving: peak {serving['peak_rss_mb']:.0f} MB" if serving else "serving memory not measured"
-        if method in trains and log:
+        if method in trains and (log := logs[method]):
             return f"training: {log['train_seconds'] / 60:.1f} min on {log['config'].get('threads')} CPU threads, {_peak_training_memory(log, curve, domain)}; {serve}"
         return f"training: none; {serve}"
 
