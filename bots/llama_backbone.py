@@ -28,9 +28,10 @@ import hashlib
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -59,6 +60,8 @@ from bots.gguf_lora import HeadLayout, cached_gguf_lora
 from bots.gguf_merge import cached_merged_gguf
 from bots.gguf_truncate import cached_truncated_gguf
 from bots.llama_engine import Context, EmbeddingContext, LlamaEngineError, LlamaModel, Run
+
+T = TypeVar("T")
 
 KV_FORMAT = "llama-cpp-python-0.3.36-f16-v4"
 """Part of a prefix KV file's key: a new llama.cpp or a new layout makes new files (v2: files are
@@ -155,6 +158,16 @@ class _Job:
 
 
 @dataclass
+class _Call:
+    """One piece of llama.cpp work handed to the scheduler thread, and its outcome."""
+
+    work: Callable[[], Any]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+
+@dataclass
 class _Lane:
     """A llama.cpp sequence and the tokens its KV cache holds (reused as a prefix cache)."""
 
@@ -222,6 +235,8 @@ class LlamaCppBackbone(BackboneBase):
         self._score_state: dict[str | None, tuple[str | None, list[int]]] = {}
         self._embed_lock = threading.Lock()
         self._embed_contexts: dict[int | None, EmbeddingContext] = {}
+        self._calls: list[_Call] = []
+        """Work for llama.cpp from other threads (embedding, scoring), run by the scheduler between rounds."""
         self._worker = threading.Thread(target=self._run, name="llama-scheduler", daemon=True)
         self._worker.start()
         # A daemon thread inside llama_decode while the interpreter tears down crashes the process.
@@ -258,10 +273,7 @@ class LlamaCppBackbone(BackboneBase):
                     truncated = cached_truncated_gguf(self.base.path, blocks, self.cache_dir, self.base.fingerprint)
                     model = LlamaModel(truncated, self.model.threads)
                 context = self._embed_contexts[blocks] = EmbeddingContext(model, EMBED_MAX_TOKENS, threads=self.model.threads)
-            # Between two scheduler rounds, never beside one: two llama.cpp thread teams spinning on
-            # two cores at once run many times slower than the same work one after the other.
-            with self.lock:
-                return context.embed(ids)
+            return self._on_scheduler(lambda: context.embed(ids))
 
     # --- adapters ---------------------------------------------------------------------------
 
@@ -370,26 +382,31 @@ class LlamaCppBackbone(BackboneBase):
         if len(ids) > self.context_tokens:
             raise ContextOverflow(f"{len(ids)} tokens exceed the {self.context_tokens}-token context")
         split = len(prompt_ids) - 1  # the last prompt token's logits predict the first continuation token
-        with self._score_lock, self.lock:  # between generation rounds, as embed()
+        with self._score_lock:
             if self._closed:
                 raise GenerationError("the backbone is closed")
-            # Score with the weights that generate: a merged adapter's own model, bare.
-            key = adapter if adapter in self._pools else None
-            context = self._score_contexts.get(key)
-            if context is None:
-                context = self._score_contexts[key] = self._pools[key].model.new_context(self.context_tokens, 1, self.config.batch_tokens)
-            applied = adapter if key is None else None
-            last_applied, cached = self._score_state.get(key, (None, []))
-            if last_applied != applied:
-                cached = []
-            context.set_adapter(self._adapter_handles[applied] if applied else None)
-            keep = min(_common_prefix(cached, ids), split)
-            context.forget(0, keep)
-            self._score_state[key] = (applied, [])  # unknown until the decode below succeeds
-            if keep < split:
-                context.decode([Run(0, ids[keep:split], keep, want_logits=False)])
-            rows = context.decode_every(0, ids[split:-1], split).astype(np.float64)
-            self._score_state[key] = (applied, ids[:-1])
+
+            def score() -> np.ndarray:
+                # Score with the weights that generate: a merged adapter's own model, bare.
+                key = adapter if adapter in self._pools else None
+                context = self._score_contexts.get(key)
+                if context is None:
+                    context = self._score_contexts[key] = self._pools[key].model.new_context(self.context_tokens, 1, self.config.batch_tokens)
+                applied = adapter if key is None else None
+                last_applied, cached = self._score_state.get(key, (None, []))
+                if last_applied != applied:
+                    cached = []
+                context.set_adapter(self._adapter_handles[applied] if applied else None)
+                keep = min(_common_prefix(cached, ids), split)
+                context.forget(0, keep)
+                self._score_state[key] = (applied, [])  # unknown until the decode below succeeds
+                if keep < split:
+                    context.decode([Run(0, ids[keep:split], keep, want_logits=False)])
+                rows = context.decode_every(0, ids[split:-1], split).astype(np.float64)
+                self._score_state[key] = (applied, ids[:-1])
+                return rows
+
+            rows = self._on_scheduler(score)
         top = rows.max(axis=1)
         log_norm = top + np.log(np.exp(rows - top[:, None]).sum(axis=1))
         nll = float(np.sum(log_norm - rows[np.arange(len(continuation_ids)), continuation_ids]))
@@ -449,14 +466,55 @@ class LlamaCppBackbone(BackboneBase):
 
     # --- the scheduler thread ---------------------------------------------------------------
 
+    def _on_scheduler(self, work: Callable[[], T]) -> T:
+        """Run llama.cpp work on the scheduler thread, between two rounds, and return its result.
+
+        Every llama.cpp computation of the process happens on this one thread. Each host
+        thread that computes gets an OpenMP thread team of its own, and once more OpenMP
+        threads exist than cores, libgomp stops spinning between the graph's barriers and
+        sleeps instead: one detector call from a request thread halved every later decode
+        (131 -> 50 tok/s, measured; OMP_WAIT_POLICY=active gave the speed back, at the price of
+        spinning idle threads)."""
+        if threading.current_thread() is self._worker:
+            return work()
+        call = _Call(work)
+        with self._wake:
+            if self._closed:
+                raise GenerationError("the backbone is closed")
+            self._calls.append(call)
+            self._wake.notify_all()
+        call.done.wait()
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    def _run_calls(self) -> None:
+        with self._wake:
+            calls, self._calls = self._calls, []
+        for call in calls:
+            try:
+                with self.lock:
+                    call.result = call.work()
+            except BaseException as exc:  # noqa: BLE001  handed to the caller, who raises it
+                call.error = exc
+            call.done.set()
+
     def _run(self) -> None:
         while True:
             with self._wake:
-                while not self._closed and not self._active and not self._waiting:
+                while not self._closed and not self._active and not self._waiting and not self._calls:
                     self._wake.wait()
                 if self._closed:
+                    for call in self._calls:
+                        call.error = GenerationError("the backbone is closed")
+                        call.done.set()
+                    self._calls = []
                     return
+            self._run_calls()
+            with self._wake:
                 self._admit()
+            if not self._active:
+                continue
             try:
                 with self.lock:
                     self._round()

@@ -498,6 +498,43 @@ def test_continuation_nll_is_teacher_forced_llama_cpp_logits_with_the_prefix_reu
         backbone.continuation_nll(prompt, answer, "nope")
 
 
+def test_embedding_and_scoring_from_other_threads_run_on_the_scheduler_thread(llama_runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One host thread computes: a second OpenMP team made every later decode twice as slow."""
+    from bots import llama_engine
+
+    seen: list[str] = []
+    for cls, name in ((llama_engine.EmbeddingContext, "embed"), (llama_engine.Context, "decode_every")):
+        original = getattr(cls, name)
+
+        def recording(self, *args, _original=original, **kwargs):
+            seen.append(threading.current_thread().name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, name, recording)
+    backbone = llama_runtime.backbone
+    vectors = []
+    worker = threading.Thread(target=lambda: vectors.append(backbone.embed("my chest hurts", blocks=None)), name="a-request")
+    worker.start()
+    worker.join(30)
+    prompt = backbone.encode([{"role": "user", "content": "Can I return a gift card?"}])
+    nll, count = backbone.continuation_nll(prompt, backbone.encode_text(" Yes, within 30 days."), None)
+    assert len(vectors) == 1 and vectors[0].shape == (backbone.model.n_embd,)
+    assert count > 0 and nll > 0
+    assert seen == ["llama-scheduler", "llama-scheduler"]
+
+
+def test_an_error_in_work_handed_to_the_scheduler_reaches_the_caller_and_the_server_goes_on(llama_runtime) -> None:
+    backbone = llama_runtime.backbone
+
+    def broken() -> None:
+        raise ValueError("broken on purpose")
+
+    with pytest.raises(ValueError, match="broken on purpose"):
+        backbone._on_scheduler(broken)
+    assert backbone._on_scheduler(lambda: threading.current_thread().name) == "llama-scheduler"
+    assert _ask(llama_runtime, "ecommerce-prompt", "Do you ship to Canada?").text
+
+
 @pytest.mark.slow
 @needs_llama
 def test_continuation_nll_is_close_to_the_transformers_reference(llama_runtime) -> None:
