@@ -68,23 +68,31 @@ def _shared_share(a: list[int], b: list[int], n: int) -> float:
     return same / max(len(a), len(b))
 
 
-def measure_adapters(runtime_path: object, merged: object, probes: int, settings: GenerationSettings, agree_tokens: int) -> list[AdapterFigures]:
-    rows = []
-    for name, bot in runtime_path.bots.items():  # type: ignore[attr-defined]
+Decodes = dict[str, list[tuple[float, list[int]]]]
+"""Per adapter variant, per probe: decode tok/s and the reply's token ids."""
+
+
+def measure_decodes(runtime: object, probes: int, settings: GenerationSettings, adapter: bool = True) -> Decodes:
+    """Every adapter variant's probes, with its adapter (or, ``adapter=False``, on the bare base)."""
+    found: Decodes = {}
+    for name, bot in runtime.bots.items():  # type: ignore[attr-defined]
         if not bot.availability.ok or not bot.adapter:
             continue
-        rates: dict[str, list[float]] = {"runtime": [], "merged": [], "base": []}
-        agreement = []
+        found[name] = []
         for question in probe_questions(bot.spec.domain, probes):
-            prompt = runtime_path.backbone.encode(bot.render([{"role": "user", "content": question}]))  # type: ignore[attr-defined]
-            rate, runtime_ids = _decode_rate(runtime_path.backbone, prompt, bot.adapter, settings)  # type: ignore[attr-defined]
-            rates["runtime"].append(rate)
-            rate, merged_ids = _decode_rate(merged.backbone, prompt, bot.adapter, settings)  # type: ignore[attr-defined]
-            rates["merged"].append(rate)
-            rates["base"].append(_decode_rate(runtime_path.backbone, prompt, None, settings)[0])  # type: ignore[attr-defined]
-            agreement.append(_shared_share(merged_ids, runtime_ids, agree_tokens))
-        med = {key: statistics.median(v for v in values if v) for key, values in rates.items()}
-        rows.append(AdapterFigures(name, med["runtime"], med["merged"], med["base"], statistics.mean(agreement)))
+            prompt = runtime.backbone.encode(bot.render([{"role": "user", "content": question}]))  # type: ignore[attr-defined]
+            found[name].append(_decode_rate(runtime.backbone, prompt, bot.adapter if adapter else None, settings))  # type: ignore[attr-defined]
+    return found
+
+
+def adapter_rows(runtime_path: Decodes, merged: Decodes, base: Decodes, agree_tokens: int) -> list[AdapterFigures]:
+    def median_rate(runs: list[tuple[float, list[int]]]) -> float:
+        return statistics.median(rate for rate, _ in runs if rate)
+
+    rows = []
+    for name, runs in runtime_path.items():
+        agreement = statistics.mean(_shared_share(m[1], r[1], agree_tokens) for m, r in zip(merged[name], runs, strict=True))
+        rows.append(AdapterFigures(name, median_rate(runs), median_rate(merged[name]), median_rate(base[name]), agreement))
     return rows
 
 
@@ -132,17 +140,23 @@ def main(argv: list[str] | None = None) -> int:
     from bots.registry import Runtime
 
     spec = BaseModelSpec.from_env(backend="llamacpp")
-    print("loading the run-time and the merged backbones (merging takes ~10 s per adapter the first time)...", flush=True)
-    runtime_path = Runtime.from_backbone(build_backbone(replace(spec, merge_adapters=False)), warm_prompts=True)
-    merged = Runtime.from_backbone(build_backbone(replace(spec, merge_adapters=True)), warm_prompts=True)
-    runtime_path.backbone.wait_idle()
-    merged.backbone.wait_idle()
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
     results = MergedResults()
-    print("measuring decode speed and agreement...", flush=True)
-    results.adapters = measure_adapters(runtime_path, merged, args.probes, settings, args.agree_tokens)
-    print("measuring the four-variant answer...", flush=True)
-    results.compare = {"run-time": measure_compare(runtime_path, settings), "merged": measure_compare(merged, settings)}
+    # One backbone at a time: two scheduler threads in one process make two OpenMP teams, and
+    # libgomp then sleeps at every barrier (bots/llama_backbone.py, _on_scheduler): both slow down.
+    print("run-time adapters: decode speed and the four-variant answer...", flush=True)
+    runtime_path = Runtime.from_backbone(build_backbone(replace(spec, merge_adapters=False)), warm_prompts=True)
+    runtime_path.backbone.wait_idle()
+    runtime_decodes = measure_decodes(runtime_path, args.probes, settings)
+    base_decodes = measure_decodes(runtime_path, args.probes, settings, adapter=False)
+    results.compare = {"run-time": measure_compare(runtime_path, settings)}
+    runtime_path.backbone.close()
+    print("merged adapters (merging takes ~10 s per adapter the first time)...", flush=True)
+    merged = Runtime.from_backbone(build_backbone(replace(spec, merge_adapters=True)), warm_prompts=True)
+    merged.backbone.wait_idle()
+    merged_decodes = measure_decodes(merged, args.probes, settings)
+    results.compare["merged"] = measure_compare(merged, settings)
+    results.adapters = adapter_rows(runtime_decodes, merged_decodes, base_decodes, args.agree_tokens)
     backbone = merged.backbone
     merged_lanes = 0
     for name, pool in backbone._pools.items():  # noqa: SLF001  a benchmark reads the backbone's insides
@@ -150,12 +164,11 @@ def main(argv: list[str] | None = None) -> int:
             results.files_mb[name] = pool.model.path.stat().st_size / 1e6
             merged_lanes = pool.lane_count
     results.kv_mb_per_pool = merged_lanes * backbone.kv_bytes_per_lane() / 1e6
+    merged.backbone.close()
     print()
     print_report(results)
     if args.json:
         args.json.write_text(json.dumps(asdict(results), indent=2))
-    runtime_path.backbone.close()
-    merged.backbone.close()
     return 0
 
 
