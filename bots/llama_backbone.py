@@ -13,7 +13,8 @@ Each reply runs in a lane (a llama.cpp sequence) that keeps its KV cache afterwa
 next request with the same adapter and a common prefix (the prompt variants' 700-token
 system prompt and few-shot dialogs) reuses it and only feeds the new tokens.
 
-With ``merge_adapters`` (env TOP_MERGE_ADAPTERS=1) each LoRA variant is served instead from a
+With ``merge_adapters`` (the product's default, BaseModelSpec; env TOP_MERGE_ADAPTERS=0 turns it
+off) each LoRA variant is served instead from a
 copy of the base with its adapter folded in (bots/gguf_merge.py, cached), in a context and
 lanes of its own (a pool), made on first use: no run-time adapter products, so it decodes at
 the base's speed, for a base-sized file and a context's KV cache per adapter.
@@ -92,7 +93,9 @@ class LlamaServingConfig:
     burst_steps: int = 8
     """Rounds an adapter group runs before the next group's turn (see LlamaCppBackbone._round)."""
     merge_adapters: bool = False
-    """Serve each adapter from a merged copy of the base (see the module docstring)."""
+    """Serve each adapter from a merged copy of the base (see the module docstring). Off for a
+    backbone built directly (tests compare both ways); the product turns it on through
+    BaseModelSpec.merge_adapters (bots.backends)."""
     merged_weight_type: str = "Q8_0"
     """How merged weights are stored. Re-quantising to the base's Q4_1 rounds most of an
     adapter's small changes away (greedy replies then agree with the base's, not the
