@@ -123,7 +123,7 @@ def print_report(results: MergedResults) -> None:
     print("\n## What merging costs")
     for name, size in results.files_mb.items():
         print(f"{name}: {size:.1f} MB (memory-mapped)")
-    print(f"KV cache per merged pool: {results.kv_mb_per_pool:.0f} MB, made when its variant is first asked")
+    print(f"KV cache per merged pool: {results.kv_mb_per_pool:.0f} MB, made at warm-up or on first use")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -127,12 +127,14 @@ class Runtime:
 
     @classmethod
     def from_backbone(cls, backbone: BackboneBase, adapters_dir: Path | None = None, warm_prompts: bool = False) -> Runtime:
-        """``warm_prompts``: a server's choice; the prompt variants' fixed prefix (system prompt,
-        fact sheet, few-shot: ~700 tokens) is cached in the background, if the backend caches."""
+        """``warm_prompts``: a server's choice; every available variant's fixed prefix (its system
+        prompt, and the prompt variants' rules and few-shot dialogs: up to ~700 tokens) is cached
+        in the background, if the backend caches. For a merged adapter this also makes its
+        pool's context, so no user waits for it (0.5-1.5 s, measured)."""
         bots = build_bots(backbone, adapters_dir)
         if warm_prompts:
             for bot in bots.values():
-                if bot.availability.ok and bot.spec.method in ("prompt", "static"):
+                if bot.availability.ok:
                     backbone.prefill(backbone.encode(bot.render([{"role": "user", "content": ""}])), bot.adapter)
             # The detector's embedding context (on llama.cpp its truncated GGUF, cached) before the first user.
             next(iter(bots.values())).emergency.detect("warm-up")

@@ -175,7 +175,8 @@ def llama_runtime(tmp_path_factory: pytest.TempPathFactory):
     os.environ["TOP_CACHE_DIR"] = str(cache)
     try:
         spec = BaseModelSpec.from_env(backend="llamacpp")
-        backbone = LlamaCppBackbone(load_gguf_base(spec), config=LlamaServingConfig(lanes=4, batch_tokens=256))
+        # A lane per warm prefix (all ten variants), so the tests of the cached prefixes hold whatever the order.
+        backbone = LlamaCppBackbone(load_gguf_base(spec), config=LlamaServingConfig(lanes=12, batch_tokens=256))
         runtime = Runtime.from_backbone(backbone, warm_prompts=True)
         assert backbone.wait_idle(60)
         yield runtime
@@ -261,6 +262,16 @@ def test_the_prompt_variants_fixed_prefix_is_cached_at_start(llama_runtime) -> N
 
 
 @needs_llama
+def test_every_variant_is_warmed_at_start_adapters_included(llama_runtime) -> None:
+    """A warm-up per variant (its prefix file is written when it has run): an adapter's lane, or
+    its merged pool, is ready before the first user."""
+    backbone = llama_runtime.backbone
+    for name, bot in llama_runtime.bots.items():
+        warm = backbone.encode(bot.render([{"role": "user", "content": ""}]))
+        assert backbone._kv_file(warm, bot.adapter).is_file(), name
+
+
+@needs_llama
 def test_concurrent_replies_of_all_four_variants_equal_each_alone(llama_runtime) -> None:
     alone = {variant: _ask(llama_runtime, variant, question).stats.token_ids for variant, question in QUESTIONS.items()}
     streams = {variant: llama_runtime.bot(variant).stream([{"role": "user", "content": q}], GREEDY, guard=False) for variant, q in QUESTIONS.items()}
@@ -275,7 +286,8 @@ def test_concurrent_replies_of_all_four_variants_equal_each_alone(llama_runtime)
 @needs_llama
 def test_more_requests_than_lanes_all_complete(llama_runtime) -> None:
     settings = GenerationSettings(max_new_tokens=8)
-    streams = [llama_runtime.bot("ecommerce-lora").stream([{"role": "user", "content": f"Question number {i}: do you sell socks?"}], settings, guard=False) for i in range(9)]
+    count = len(llama_runtime.backbone.lanes) + 5
+    streams = [llama_runtime.bot("ecommerce-lora").stream([{"role": "user", "content": f"Question number {i}: do you sell socks?"}], settings, guard=False) for i in range(count)]
     for stream in streams:
         stream.consume()
     assert all(stream.stats.stopped_by in ("eos", "length") and stream.text for stream in streams)
@@ -437,15 +449,15 @@ def test_warm_prefixes_are_kept_on_disk_and_a_restart_loads_them_with_unchanged_
     question = [{"role": "user", "content": "Do you ship to Canada?"}]
 
     def start() -> Runtime:
-        # A lane per warm prefix (both prompt methods of both domains), so none is evicted before the question.
-        backbone = LlamaCppBackbone(load_gguf_base(spec), config=LlamaServingConfig(lanes=4))
+        # A lane per warm prefix (every method without an adapter, both domains), so none is evicted before the question.
+        backbone = LlamaCppBackbone(load_gguf_base(spec), config=LlamaServingConfig(lanes=6))
         runtime = Runtime.from_backbone(backbone, adapters_dir=tmp_path / "no-adapters", warm_prompts=True)
         assert backbone.wait_idle(60)
         return runtime
 
     first = start()
     files = sorted((tmp_path / "prefix-kv").glob("*.kv"))
-    assert len(files) == 4  # one per prompt variant (the prompt method and the static sheet, both domains)
+    assert len(files) == 6  # one per variant without an adapter (prompt, static sheet and base, both domains)
     expected = first.bot("ecommerce-static").reply(question, GREEDY, guard=False).stats
     first.backbone.close()
 
