@@ -59,7 +59,7 @@ from bots.base_source import (
 from bots.generation import GenerationSettings, GenerationStats, TokenPicker, stream_text
 from bots.gguf_lora import HeadLayout, cached_gguf_lora
 from bots.gguf_merge import cached_merged_gguf
-from bots.gguf_truncate import cached_truncated_gguf
+from bots.gguf_truncate import TokenRows, cached_truncated_gguf
 from bots.llama_engine import Context, EmbeddingContext, LlamaEngineError, LlamaModel, Run
 
 T = TypeVar("T")
@@ -261,7 +261,8 @@ class LlamaCppBackbone(BackboneBase):
         """Mean hidden state after ``blocks`` blocks (all: None), normed (llama.cpp's pooling).
 
         Runs on a context of its own, made on first use; for ``blocks`` it is a context of the
-        GGUF cut after that block (bots/gguf_truncate.py, cached), which costs blocks/30 of a pass.
+        GGUF cut after that block, headless (bots/gguf_truncate.py, cached), which costs
+        blocks/30 of a pass and no output layer.
         """
         ids = self.encode_text(text)
         with self._embed_lock:
@@ -269,13 +270,14 @@ class LlamaCppBackbone(BackboneBase):
                 raise GenerationError("the backbone is closed")
             context = self._embed_contexts.get(blocks)
             if context is None:
-                model = self.model
+                model, rows = self.model, None
                 if blocks is not None:
                     if self.base.path is None:
                         raise NotImplementedError("the base GGUF file is unknown: no truncated copy for the detector")
-                    truncated = cached_truncated_gguf(self.base.path, blocks, self.cache_dir, self.base.fingerprint)
-                    model = LlamaModel(truncated, self.model.threads)
-                context = self._embed_contexts[blocks] = EmbeddingContext(model, EMBED_MAX_TOKENS, threads=self.model.threads)
+                    # Headless: no output layer over the vocabulary, fed the token vectors.
+                    truncated = cached_truncated_gguf(self.base.path, blocks, self.cache_dir, self.base.fingerprint, headless=True)
+                    model, rows = LlamaModel(truncated, self.model.threads), TokenRows(self.base.path)
+                context = self._embed_contexts[blocks] = EmbeddingContext(model, EMBED_MAX_TOKENS, threads=self.model.threads, token_rows=rows)
             return self._on_scheduler(lambda: context.embed(ids))
 
     # --- adapters ---------------------------------------------------------------------------

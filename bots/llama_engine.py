@@ -14,7 +14,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -304,15 +304,19 @@ def _quiet_llama_logs(llama_cpp: object) -> None:
 
 class EmbeddingContext:
     """A one-sequence context that returns the mean of the final hidden states of a text
-    (llama.cpp's mean pooling), for the learned emergency detector. No adapter is ever set."""
+    (llama.cpp's mean pooling), for the learned emergency detector. No adapter is ever set.
+
+    With ``token_rows`` (for a headless model: bots/gguf_truncate.py) the batch carries each
+    token's input vector instead of its id, and the model needs no vocabulary."""
 
     POOLING_MEAN = 1  # LLAMA_POOLING_TYPE_MEAN
 
-    def __init__(self, model: LlamaModel, max_tokens: int = 256, threads: int = 1) -> None:
+    def __init__(self, model: LlamaModel, max_tokens: int = 256, threads: int = 1, token_rows: Callable[[Sequence[int]], np.ndarray] | None = None) -> None:
         lib = model._lib
         self._lib = lib
         self.model = model
         self.max_tokens = max_tokens
+        self.token_rows = token_rows
         params = lib.llama_context_default_params()
         params.n_ctx = max_tokens
         params.n_batch = max_tokens
@@ -330,17 +334,23 @@ class EmbeddingContext:
             raise LlamaEngineError("llama.cpp could not create an embedding context (out of memory?)")
         self.memory = lib.llama_get_memory(self.ctx)
         self.width = int(lib.llama_model_n_embd(model.model))
-        self._batch = lib.llama_batch_init(max_tokens, 0, 1)
+        self._batch = lib.llama_batch_init(max_tokens, self.width if token_rows else 0, 1)
 
     def embed(self, tokens: Sequence[int]) -> np.ndarray:
         """Mean final hidden state over ``tokens`` (the last ``max_tokens`` of them)."""
         if not tokens:
             raise LlamaEngineError("nothing to embed: no tokens")
         tokens = list(tokens)[-self.max_tokens :]
-        self._lib.llama_memory_clear(self.memory, True)
         batch = self._batch
+        if self.token_rows is not None:
+            rows = self.token_rows(tokens)
+            if rows.shape != (len(tokens), self.width) or rows.dtype != np.float32 or not rows.flags.c_contiguous:
+                raise LlamaEngineError(f"token vectors must be C-ordered float32 of shape ({len(tokens)}, {self.width})")
+            ctypes.memmove(batch.embd, rows.ctypes.data, rows.nbytes)
+        self._lib.llama_memory_clear(self.memory, True)
         for i, token in enumerate(tokens):
-            batch.token[i] = token
+            if self.token_rows is None:
+                batch.token[i] = token
             batch.pos[i] = i
             batch.n_seq_id[i] = 1
             batch.seq_id[i][0] = 0

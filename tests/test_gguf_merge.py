@@ -128,3 +128,48 @@ def test_a_truncated_copy_keeps_the_first_blocks_and_every_other_field(tmp_path:
     assert {k for k in cut.fields if not k.startswith("GGUF.")} == {k for k in source.fields if not k.startswith("GGUF.")}
     with pytest.raises(ValueError, match="cannot keep 2"):
         truncate_gguf(base, 2, tmp_path / "too_many.gguf")
+
+
+def _base_with_vocabulary(path: Path, embedding: np.ndarray) -> Path:
+    """Two blocks, a Q8_0 token embedding and a (made-up) vocabulary of len(embedding) tokens."""
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(2)
+    writer.add_vocab_size(len(embedding))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list([f"t{i}" for i in range(len(embedding))])
+    writer.add_tensor("token_embd.weight", quantize(embedding, gguf.GGMLQuantizationType.Q8_0), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    for block in range(2):
+        writer.add_tensor(f"blk.{block}.attn_norm.weight", np.full(embedding.shape[1], block + 1, dtype=np.float32))
+    writer.add_tensor("output_norm.weight", np.ones(embedding.shape[1], dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_a_headless_copy_has_no_vocabulary_and_token_rows_give_the_sources_vectors(tmp_path: Path) -> None:
+    from bots.gguf_truncate import TokenRows, cached_truncated_gguf, truncate_gguf
+
+    embedding = np.random.default_rng(3).normal(size=(40, 64)).astype(np.float32)
+    base = _base_with_vocabulary(tmp_path / "base.gguf", embedding)
+    cut = gguf.GGUFReader(str(truncate_gguf(base, 1, tmp_path / "cut.gguf", headless=True)))
+    tensors = {t.name: t for t in cut.tensors}
+    assert set(tensors) == {"token_embd.weight", "blk.0.attn_norm.weight", "output_norm.weight"}
+    assert tensors["token_embd.weight"].tensor_type == gguf.GGMLQuantizationType.F32 and list(tensors["token_embd.weight"].shape) == [64, 1]
+    assert str(cut.fields["tokenizer.ggml.model"].contents()) == "none"
+    assert int(cut.fields["llama.vocab_size"].contents()) == 1 and int(cut.fields["llama.block_count"].contents()) == 1
+    assert "tokenizer.ggml.tokens" not in cut.fields
+    rows = TokenRows(base)
+    assert (rows.count, rows.width) == (40, 64)
+    got = rows([5, 0, 5, 39])
+    assert got.dtype == np.float32 and got.flags.c_contiguous and got.shape == (4, 64)
+    exact = dequantize(np.asarray(_tensors(base)["token_embd.weight"].data), gguf.GGMLQuantizationType.Q8_0)
+    np.testing.assert_array_equal(got, exact[[5, 0, 5, 39]])
+    np.testing.assert_allclose(got, embedding[[5, 0, 5, 39]], atol=0.05)  # Q8_0 of the source values
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, 40\)"):
+        rows([40])
+    with pytest.raises(ValueError, match="has no token_embd"):
+        TokenRows(truncate_gguf(_base(tmp_path / "plain.gguf", np.ones((IN, IN), dtype=np.float32)), 1, tmp_path / "plain-cut.gguf"))
+    cached = cached_truncated_gguf(base, 1, tmp_path / "cache", "fp", headless=True)
+    assert cached != cached_truncated_gguf(base, 1, tmp_path / "cache", "fp") and cached.name.endswith("-headless.gguf")

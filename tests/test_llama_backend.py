@@ -746,3 +746,26 @@ def test_spare_lanes_keep_other_prompts_prefixes_while_at_most_running_replies_d
         assert again.cached_prompt_tokens == len(prompts[0]) - 1
     finally:
         backbone.close()
+
+
+@needs_llama
+def test_a_headless_copy_fed_token_vectors_embeds_bit_for_bit_as_the_copy_fed_token_ids(tmp_path: Path) -> None:
+    """The detector's copy drops the output layer over the vocabulary; the vector must not move."""
+    from bots.gguf_truncate import TokenRows, truncate_gguf
+    from bots.llama_engine import EmbeddingContext, LlamaEngineError, LlamaModel
+
+    source = embedded_gguf_path()
+    with_vocabulary = LlamaModel(truncate_gguf(source, 2, tmp_path / "two.gguf"), 1)
+    headless = LlamaModel(truncate_gguf(source, 2, tmp_path / "two-headless.gguf", headless=True), 1)
+    assert headless.n_vocab == 1 and headless.n_layer == 2
+    by_ids = EmbeddingContext(with_vocabulary, 64, threads=1)
+    by_vectors = EmbeddingContext(headless, 64, threads=1, token_rows=TokenRows(source))
+    for text in ("my dad can't lift his arm and his face looks droopy", "where is my order 4417?"):
+        tokens = with_vocabulary.tokenize(text, special=False)
+        np.testing.assert_array_equal(by_vectors.embed(tokens), by_ids.embed(tokens))
+    assert not np.array_equal(by_vectors.embed(tokens[:3]), by_ids.embed(tokens))
+    broken = EmbeddingContext(headless, 64, threads=1, token_rows=lambda tokens: np.zeros((len(tokens), 7), dtype=np.float32))
+    with pytest.raises(LlamaEngineError, match="token vectors must be"):
+        broken.embed(tokens)
+    for context in (by_ids, by_vectors, broken):
+        context.close()
