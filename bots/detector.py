@@ -1,8 +1,8 @@
 """The learned emergency detector: a small classifier on the base model's hidden states.
 
 One forward pass of the already loaded base model over the user's message (adapters off)
-gives the mean of its hidden states after block ``blocks`` (21 of 30: a linear probe reads
-emergencies there better than at the last block, measured on the dev set), through the
+gives the mean of its hidden states after block ``blocks`` (15 of 30 since v5, 21 before: a
+probe reads emergencies there better than at the last block, measured on the dev set), through the
 final norm (``BackboneBase.embed``, on both backends). On that vector, the mean of a few small
 networks (one hidden layer each, seeds apart; a linear softmax layer in files of version 1)
 gives three tiers, and a linear layer names the likely red flag of an emergency (it picks the

@@ -3,7 +3,7 @@
     python -m training.train_detector                      # writes bots/safety_detector.json
     python -m training.train_detector --target-recall 0.99 --out /tmp/detector.json
 
-Features: the loaded base model's mean hidden state after block 21 of each message (``embed``
+Features: the loaded base model's mean hidden state after block 15 of each message (``embed``
 of the serving backend, llama.cpp by default). The tier (routine / urgent / emergency) is
 fitted on the ``train`` sets of ``bots/safety_eval/detector_sets.yaml`` as the mean of
 ``--members`` small networks (one ReLU layer of ``--hidden`` units, class weights, L2, Adam;
@@ -41,9 +41,10 @@ from bots.safety_eval import TieredMessage, load_role, set_roles
 
 THRESHOLD_MARGIN = 1e-6
 """Thresholds sit just below the dev score they keep: one message scored alone can differ in the last float bits."""
-DEFAULT_BLOCKS = 21
-"""Chosen on the dev set: a probe after block 21 of 30 kept 0.98 recall (rules OR detector) at
-0.087 false alarms, against 0.22 on the last block (every third block was tried)."""
+DEFAULT_BLOCKS = 15
+"""Chosen on the dev set (v5, bots/safety_eval/README.md): at the same 0.98 dev recall of the
+guard, the v4 recipe gave 0.036 false alarms after block 15, against 0.053 after block 21, 0.058
+after 12 and 0.069 after 9 and 6; and block 15 costs 15/30 of a pass (v1 to v4: block 21)."""
 
 
 def feature_name(blocks: int | None) -> str:
