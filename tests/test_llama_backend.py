@@ -769,3 +769,15 @@ def test_a_headless_copy_fed_token_vectors_embeds_bit_for_bit_as_the_copy_fed_to
         broken.embed(tokens)
     for context in (by_ids, by_vectors, broken):
         context.close()
+
+
+@needs_llama
+def test_llama_logs_keep_warnings_and_errors_but_not_the_ones_our_own_choices_cause() -> None:
+    from bots.llama_engine import shown_log
+
+    assert shown_log(3, b"llama_context: n_ctx_per_seq (512) < n_ctx_train (8192)\n")
+    assert shown_log(4, b"decode: failed to find a memory slot\n")
+    assert not shown_log(2, b"load_tensors: loading model tensors\n")  # info
+    assert not shown_log(3, b"load: adding 1 dummy tokens\n")
+    assert not shown_log(3, b"llama_init_from_model: model default pooling_type is [-1], but [1] was specified\n")
+    assert shown_log(4, b"load: adding 1 dummy tokens\n")  # an error is always shown
