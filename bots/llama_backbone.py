@@ -471,6 +471,11 @@ class LlamaCppBackbone(BackboneBase):
 
     # --- the scheduler thread ---------------------------------------------------------------
 
+    def run_on_scheduler(self, work: Callable[[], T]) -> T:
+        """Run a caller's own llama.cpp work (a benchmark's context, say) on the scheduler
+        thread, for the reason ``_on_scheduler`` gives; returns its result."""
+        return self._on_scheduler(work)
+
     def _on_scheduler(self, work: Callable[[], T]) -> T:
         """Run llama.cpp work on the scheduler thread, between two rounds, and return its result.
 

@@ -781,3 +781,7 @@ def test_llama_logs_keep_warnings_and_errors_but_not_the_ones_our_own_choices_ca
     assert not shown_log(3, b"load: adding 1 dummy tokens\n")
     assert not shown_log(3, b"llama_init_from_model: model default pooling_type is [-1], but [1] was specified\n")
     assert shown_log(4, b"load: adding 1 dummy tokens\n")  # an error is always shown
+
+
+def test_a_callers_own_llama_work_runs_on_the_scheduler_thread(llama_runtime) -> None:
+    assert llama_runtime.backbone.run_on_scheduler(lambda: threading.current_thread().name) == "llama-scheduler"
