@@ -80,8 +80,7 @@ def truncate_gguf(source: Path, blocks: int, out: Path, headless: bool = False) 
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(tmp), arch=arch, endianess=reader.endianess)
     if headless:
-        width = TokenRows(source).width
-        placeholder = np.zeros((1, width), dtype=np.float32)
+        placeholder = np.zeros((1, int(_token_embedding(reader, source).shape[0])), dtype=np.float32)  # (n_embd, n_vocab)
         writer.add_key_value("tokenizer.ggml.model", "none", gguf.GGUFValueType.STRING)  # llama.cpp: no vocabulary
         writer.add_key_value(vocab_key, 1, gguf.GGUFValueType.UINT32)
     vocabulary = (lambda name: name.startswith("tokenizer.") or name == vocab_key) if headless else None
@@ -110,6 +109,14 @@ def cached_truncated_gguf(source: Path, blocks: int, cache_dir: Path, source_sha
     return out if out.is_file() else truncate_gguf(source, blocks, out, headless)
 
 
+def _token_embedding(reader: object, source: Path) -> object:
+    """The token-embedding tensor of a GGUF reader; ValueError when the file has none."""
+    tensor = next((t for t in reader.tensors if t.name == TOKEN_EMBD), None)  # type: ignore[attr-defined]
+    if tensor is None:
+        raise ValueError(f"{source.name} has no {TOKEN_EMBD}")
+    return tensor
+
+
 class TokenRows:
     """The token-embedding rows of a GGUF file, dequantised on demand to float32: the input
     of a headless copy. The file is memory-mapped (the pages llama.cpp maps too); a message's
@@ -118,9 +125,7 @@ class TokenRows:
     def __init__(self, source: Path) -> None:
         import gguf
 
-        tensor = next((t for t in gguf.GGUFReader(str(source)).tensors if t.name == TOKEN_EMBD), None)
-        if tensor is None:
-            raise ValueError(f"{source.name} has no {TOKEN_EMBD}")
+        tensor = _token_embedding(gguf.GGUFReader(str(source)), source)
         self._data = tensor.data
         self._type = tensor.tensor_type
         self.width = int(tensor.shape[0])  # GGUF shapes run innermost first: (n_embd, n_vocab)
