@@ -3,8 +3,8 @@
     python -c "import domains; print(domains.names())"
 
 A pack says everything the code needs to know about its domain: where its files are (the
-prompt file, which names its retrieval pool, the training configuration, the phrase bank, the dialogs,
-the fact-drift changes; paths relative to the pack folder) and its evaluation choices (the
+prompt file, which names its retrieval pool, the training configuration, the phrase bank and the
+dialog generator's settings, the dialogs, the fact-drift changes; paths relative to the pack folder) and its evaluation choices (the
 probe sources with their fields and per-reply checks, the metrics it reports, the headline
 metric, the words that steer back to it, its marker in plots). Every module that used to
 spell a domain's name reads it from here. Adding a domain is a folder with a pack and the
@@ -23,7 +23,7 @@ import yaml
 
 PACKS_DIR = Path(__file__).resolve().parent
 PACK_FILE = "pack.yaml"
-FILE_KEYS = ("prompt", "training_config", "phrase_bank", "dialogs", "fact_drift")
+FILE_KEYS = ("prompt", "training_config", "phrase_bank", "datagen", "dialogs", "fact_drift")
 """The files (or folder: dialogs) a pack must name, relative to its folder. The prompt file names
 its own retrieval pool (``retrieval: pool:``)."""
 

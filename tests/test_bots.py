@@ -15,6 +15,7 @@ from bots.bot import VariantUnavailable
 from bots.conversation import ConversationError, clean_conversation
 from bots.generation import GenerationSettings, SettingsError
 from bots.registry import HEADLINE_VARIANTS, METHODS, VARIANTS, Runtime, build_variants
+from tests.third_domain import garden_domain
 from tests.tiny_model import save_tiny_adapter
 
 
@@ -27,33 +28,13 @@ def test_registry_holds_every_domain_with_every_method() -> None:
     assert HEADLINE_VARIANTS == ("ecommerce-lora", "ecommerce-prompt", "medical-lora", "medical-prompt")
 
 
-def test_variants_are_generated_from_the_domain_packs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_variants_are_generated_from_the_domain_packs(tmp_path: Path) -> None:
     import domains
-    import prompts.loader as loader
 
     # A third domain is a folder with a pack and the files it names: no code changes.
-    shipped = domains.pack("ecommerce")
-    for name in ("ecommerce", "medical"):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "pack.yaml").write_text((domains.PACKS_DIR / name / "pack.yaml").read_text().replace("../../", f"{domains.PACKS_DIR.parent}/"))
-    garden = tmp_path / "garden"
-    garden.mkdir()
-    source = shipped.file("prompt").read_text()
-    (garden / "prompt.yaml").write_text(source.replace("domain: ecommerce", "domain: garden").replace("label: E-commerce", "label: Garden"))
-    (garden / "retrieval").mkdir()  # the prompt file's retrieval pool: retrieval/<domain>.yaml beside it
-    (garden / "retrieval" / "garden.yaml").write_text((loader.RETRIEVAL_DIR / "ecommerce.yaml").read_text())
-    pack = (domains.PACKS_DIR / "ecommerce" / "pack.yaml").read_text().replace("name: ecommerce", "name: garden")
-    (garden / "pack.yaml").write_text(pack.replace("../../prompts/ecommerce.yaml", "prompt.yaml").replace("../../", f"{domains.PACKS_DIR.parent}/"))
-    monkeypatch.setattr(domains, "PACKS_DIR", tmp_path)
-    domains.reload()
-    loader.load_prompt_spec.cache_clear()
-    try:
+    with garden_domain(tmp_path):
         assert domains.names() == ("ecommerce", "garden", "medical")
         variants = build_variants()
-    finally:
-        monkeypatch.undo()
-        domains.reload()
-        loader.load_prompt_spec.cache_clear()
     assert [name for name in variants if name.startswith("garden-")] == [f"garden-{m}" for m in METHODS]
     assert variants["garden-prompt"].label.startswith("Garden · ") and not variants["garden-lora"].emergency_guard
     assert domains.names() == ("ecommerce", "medical")  # the shipped packs again

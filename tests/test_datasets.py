@@ -17,12 +17,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
 
-from training.datagen import ecommerce, medical
+import domains
+from tests.third_domain import garden_domain
 from training.datagen.__main__ import main as datagen_main
 from training.datagen.common import approx_tokens, find_near_duplicates, word_count
+from training.datagen.domain_settings import SettingsError, load_settings, parse_settings
 from training.datagen.engine import DEFAULT_NOISE, SplitBuilder, load_bank, misspell, non_native, run_on
-from training.datagen.medical import RED_FLAGS
 from training.dialogs import (
     DATA_DIR,
     DOMAINS,
@@ -127,13 +129,16 @@ def test_every_ecommerce_spec_topic_is_covered(data: dict) -> None:
 def test_medical_emergencies_cover_every_red_flag(data: dict) -> None:
     train = data["medical"]["train"]
     assert sum(row["emergency"] for row in train) >= 80
-    assert set(medical.TOPIC_WEIGHTS) >= {"lookalike", "emergency_info"}
+    settings = load_settings("medical")
+    assert set(settings.config.topic_weights) >= {"lookalike", "emergency_info"}
+    red_flags = set(settings.red_flags)
+    assert len(red_flags) == 13
     for split in SPLITS:
         rows = data["medical"][split]
         for row in rows:
             assert row["emergency"] == (row["topic"] == "emergency") == ("red_flag" in row), row["id"]
         flags = Counter(row["red_flag"] for row in rows if row["emergency"])
-        assert set(flags) == set(RED_FLAGS), (split, set(RED_FLAGS) - set(flags))
+        assert set(flags) == red_flags, (split, red_flags - set(flags))
 
 
 def test_medical_lookalikes_outnumber_emergencies(data: dict) -> None:
@@ -469,15 +474,16 @@ def test_medicine_interactions_are_in_scope() -> None:
 def test_realism_transforms_are_seeded_and_change_the_text() -> None:
     """Surface noise is a pure function of the split's seed: two builders give the same output."""
     text = "Hi there. I'm not sure what to do. Can I return the jacket? I received it last week and it doesn't fit."
-    for module in (ecommerce, medical):
-        config = replace(module.CONFIG, noise=dict.fromkeys(DEFAULT_NOISE, 1.0))
+    for domain in DOMAINS:
+        base = load_settings(domain).config
+        config = replace(base, noise=dict.fromkeys(DEFAULT_NOISE, 1.0))
         bank = load_bank(config.domain)
         first, second = (SplitBuilder(bank, config, "train") for _ in range(2))
         outputs = [first.roughen(text) for _ in range(30)]
         assert outputs == [second.roughen(text) for _ in range(30)]
         assert all(out != text and out == out.lower() for out in outputs)
         assert len(set(outputs)) > 20
-        quiet = replace(module.CONFIG, noise=dict.fromkeys(DEFAULT_NOISE, 0.0))
+        quiet = replace(base, noise=dict.fromkeys(DEFAULT_NOISE, 0.0))
         assert SplitBuilder(bank, quiet, "train").roughen(text) == text
     glued = run_on("Hi there. Can I return it? It doesn't fit.", random.Random(1))
     assert not re.search(r"[.?!]\s", glued) and glued.endswith("fit.")
@@ -515,3 +521,38 @@ def test_generator_is_deterministic_and_data_is_current(tmp_path: Path) -> None:
             generated = (first / domain / name).read_bytes()
             assert generated == (second / domain / name).read_bytes(), (domain, name)
             assert generated == (DATA_DIR / domain / name).read_bytes(), f"{domain}/{name} is stale: rerun python -m training.datagen"
+
+
+def test_a_third_domain_is_generated_from_its_files_alone(tmp_path: Path) -> None:
+    """The generator reads the domain list and each domain's settings from the packs: a pack
+    folder with its settings file is enough for ``python -m training.datagen --domain garden``."""
+    with garden_domain(tmp_path) as garden:
+        text = (garden / "datagen.yaml").read_text()
+        (garden / "datagen.yaml").write_text(text.replace("train: 600", "train: 90").replace("validation: 80", "validation: 30").replace("test: 120", "test: 30"))
+        assert datagen_main(["--out", str(tmp_path / "out"), "--domain", "garden"]) == 0
+        settings = load_settings("garden")
+    rows = {split: read_jsonl_dialogs(tmp_path / "out" / "garden" / f"{split}.jsonl") for split in SPLITS}
+    assert {split: len(r) for split, r in rows.items()} == {"train": 90, "validation": 30, "test": 30}
+    assert all(row["id"].startswith("garden-") and not validate_dialog(row) for r in rows.values() for row in r)
+    card = (tmp_path / "out" / "garden" / "README.md").read_text()
+    assert settings.title in card and "Northwind Goods support dialogs (garden)" in card
+    assert not (DATA_DIR / "garden").exists()
+
+
+def test_a_bad_settings_file_is_a_clear_error(tmp_path: Path) -> None:
+    shipped = domains.pack("ecommerce")
+    raw = yaml.safe_load(shipped.file("datagen").read_text())
+    where = tmp_path / "datagen.yaml"
+    cases = {
+        "unknown keys typo_rate": {**raw, "typo_rate": 0.1},
+        "lacks sizes": {k: v for k, v in raw.items() if k != "sizes"},
+        "positive numbers": {**raw, "topic_weights": {**raw["topic_weights"], "returns": 0}},
+        "note every weighted topic and no other: gardening": {**raw, "topic_notes": {**raw["topic_notes"], "gardening": "x"}},
+        "limits": {**raw, "limits": "one long string"},
+        "expected a mapping": ["not", "a", "mapping"],
+    }
+    for message, content in cases.items():
+        with pytest.raises(SettingsError, match=message):
+            parse_settings(content, "ecommerce", where, shipped.file("phrase_bank"))
+    settings = parse_settings(raw, "ecommerce", where, shipped.file("phrase_bank"))
+    assert settings.config == load_settings("ecommerce").config and settings.config_file == where

@@ -15,6 +15,7 @@ import domains
 from prompts import load_prompt_spec
 from training import metrics as m
 from training.config import load_config
+from training.datagen.domain_settings import load_settings
 from training.dialogs import SPLITS
 from training.eval_data import PROBES_DIR, read_probe_file
 from training.fact_drift import load_changes
@@ -26,6 +27,7 @@ def test_every_pack_names_files_that_exist_and_parse(name: str) -> None:
     assert load_prompt_spec(name).domain == name
     assert load_config(pack.file("training_config")).domain == name
     assert isinstance(yaml.safe_load(pack.file("phrase_bank").read_text()), dict)
+    assert load_settings(name).config.domain == name
     assert all((pack.file("dialogs") / f"{split}.jsonl").is_file() for split in SPLITS)
     assert load_changes(name), "the fact-drift test needs at least one change"
 

@@ -4,7 +4,8 @@
     python -m training.datagen --out /tmp/data  # somewhere else (tests use this)
     python -m training.datagen --domain medical
 
-Output is seeded and byte-identical on every run. Fails (non-zero exit) if a validation or
+Every domain pack is generated from its phrase bank and its settings file (both named by
+``domains/<name>/pack.yaml``). Output is seeded and byte-identical on every run. Fails (non-zero exit) if a validation or
 test dialog is a near-duplicate of a training one, or a dialog does not validate.
 """
 
@@ -12,21 +13,19 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from types import ModuleType
 
+import domains
 from bots.cli_args import CommandParser
-from training.datagen import ecommerce, medical
 from training.datagen.card import dataset_card
 from training.datagen.common import SPLITS, find_near_duplicates, write_jsonl
-from training.datagen.engine import generate_domain
+from training.datagen.domain_settings import DatagenSettings, load_settings
+from training.datagen.engine import generate_domain, load_bank
 from training.dialogs import DATA_DIR, validate_dialog
 
-MODULES: dict[str, ModuleType] = {"ecommerce": ecommerce, "medical": medical}
 
-
-def build_domain(module: ModuleType, out_dir: Path) -> dict[str, list[dict]]:
+def build_domain(settings: DatagenSettings, out_dir: Path) -> dict[str, list[dict]]:
     """Generate, check and write one domain's three splits and its README."""
-    records = generate_domain(module.CONFIG)
+    records = generate_domain(settings.config, load_bank(settings.domain, settings.phrase_bank))
     for rows in records.values():
         for row in rows:
             problems = validate_dialog(row)
@@ -35,21 +34,21 @@ def build_domain(module: ModuleType, out_dir: Path) -> dict[str, list[dict]]:
     for split in ("validation", "test"):
         twins = find_near_duplicates(records[split], records["train"])
         if twins:
-            raise SystemExit(f"{module.CONFIG.domain}/{split}: near-duplicates of train: {twins[:5]}")
-    folder = out_dir / module.CONFIG.domain
+            raise SystemExit(f"{settings.domain}/{split}: near-duplicates of train: {twins[:5]}")
+    folder = out_dir / settings.domain
     for split in SPLITS:
         write_jsonl(folder / f"{split}.jsonl", records[split])
-    (folder / "README.md").write_text(dataset_card(module, records), encoding="utf-8", newline="\n")
+    (folder / "README.md").write_text(dataset_card(settings, records), encoding="utf-8", newline="\n")
     return records
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = CommandParser(prog="python -m training.datagen", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DATA_DIR, help="output folder (default: training/data)")
-    parser.add_argument("--domain", choices=sorted(MODULES), action="append", help="only this domain (repeatable)")
+    parser.add_argument("--domain", choices=domains.names(), action="append", help="only this domain (repeatable)")
     args = parser.parse_args(argv)
-    for name in args.domain or list(MODULES):
-        records = build_domain(MODULES[name], args.out)
+    for name in args.domain or domains.names():
+        records = build_domain(load_settings(name), args.out)
         sizes = ", ".join(f"{split} {len(rows)}" for split, rows in records.items())
         print(f"{name}: {sizes} -> {args.out / name}")
     return 0

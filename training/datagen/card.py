@@ -8,10 +8,13 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable
-from types import ModuleType
+from pathlib import Path
 
 from training.datagen.common import SPLITS, NearDupIndex, approx_tokens, user_text
+from training.datagen.domain_settings import DatagenSettings
 from training.hub_cards import dataset_metadata, with_front_matter
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _share(rows: list[dict], test: Callable[[dict], bool]) -> str:
@@ -76,12 +79,20 @@ def _closest_to_train(records: dict[str, list[dict]], split: str) -> str:
     return f"{best:.2f}" if best else "< 0.50"
 
 
-def dataset_card(module: ModuleType, records: dict[str, list[dict]]) -> str:
+def _repo_path(path: Path) -> str:
+    """A file's path as the repository spells it (POSIX, from its root), or as given outside it."""
+    try:
+        return path.resolve().relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def dataset_card(settings: DatagenSettings, records: dict[str, list[dict]]) -> str:
     """Markdown card: provenance, sizes, topic (and red-flag) counts, honesty checks, limits."""
-    config = module.CONFIG
+    config = settings.config
     domain = config.domain
     lines = [
-        f"# {module.TITLE}",
+        f"# {settings.title}",
         "",
         f"Chat dialogs for training and evaluating the LoRA variant of the `{domain}` bot "
         "(SmolLM2-135M-Instruct). Every assistant answer restates `shared/domain_specs.md`; where the "
@@ -95,8 +106,9 @@ def dataset_card(module: ModuleType, records: dict[str, list[dict]]) -> str:
         "python -m training.datagen            # both domains; --domain " + domain + " for this one",
         "```",
         "",
-        f"* Phrase bank `training/datagen/phrases/{domain}.yaml`: per intent several user phrasings "
+        f"* Phrase bank `{_repo_path(settings.phrase_bank)}`: per intent several user phrasings "
         "and several answer phrasings (all factually identical), slots, follow-ups.",
+        f"* Settings `{_repo_path(settings.config_file)}`: split sizes, topic mix, persona and noise rates.",
         "* `training/datagen/engine.py` combines them: personas (greetings, courtesy, terse or long "
         "messages, indirect questions, 'is it normal that ...?' frames"
         + (", order numbers" if config.order_ref_rate else "")
@@ -126,7 +138,7 @@ def dataset_card(module: ModuleType, records: dict[str, list[dict]]) -> str:
         "Two-question messages are counted under the topic of their first question; multi-turn "
         "dialogs under the topic of their opening question.",
         "",
-        *_count_table(records, "topic", "topic", module.TOPIC_NOTES),
+        *_count_table(records, "topic", "topic", settings.topic_notes),
         "",
     ]
     if config.emergency_field:
@@ -137,7 +149,7 @@ def dataset_card(module: ModuleType, records: dict[str, list[dict]]) -> str:
             "user to call 911 (or the local emergency number) or go to the nearest emergency department; "
             "self-harm replies add 988, poisoning replies Poison Control 1-800-222-1222.",
             "",
-            *_count_table(records, "red_flag", "red flag", getattr(module, "RED_FLAG_NOTES", {})),
+            *_count_table(records, "red_flag", "red flag", settings.red_flags),
             "",
         ]
     lines += [
@@ -164,8 +176,8 @@ def dataset_card(module: ModuleType, records: dict[str, list[dict]]) -> str:
         "",
         "## Known limits",
         "",
-        *[f"* {limit}" for limit in module.LIMITS],
+        *[f"* {limit}" for limit in settings.limits],
         "",
     ]
     total = sum(len(records[split]) for split in SPLITS)
-    return with_front_matter("\n".join(lines), dataset_metadata(domain, total, module.TITLE))
+    return with_front_matter("\n".join(lines), dataset_metadata(domain, total, settings.title))

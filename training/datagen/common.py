@@ -1,7 +1,7 @@
 """Shared helpers of the dialog generator: seeded randomness, noise, pools, near-duplicates, output.
 
 Nothing here knows a domain. ``training.datagen.engine`` builds dialogs with these helpers,
-``training.datagen.ecommerce`` / ``.medical`` configure it. Run the whole generator with
+each domain's settings file (``settings/<domain>.yaml``) configures it. Run the whole generator with
 ``python -m training.datagen``.
 """
 

@@ -21,7 +21,8 @@ draws on the split's seeded RNG, so the output stays byte-identical.
 Every user-side list (intent phrasings and decorations) is split into disjoint train /
 validation / test pools, so held-out dialogs are phrased in ways training never saw; a
 near-duplicate check against train then rejects any held-out dialog that still comes close.
-Used by ``training.datagen.ecommerce`` / ``.medical``; run ``python -m training.datagen``.
+Configured per domain by ``training.datagen.domain_settings`` (the settings file its pack names);
+run ``python -m training.datagen``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any
 
 import yaml
 
+import domains
 from training.datagen.common import (
     HELD_OUT,
     SPLITS,
@@ -189,7 +191,7 @@ def load_noise(own: dict | None) -> dict[str, Any]:
 
 def load_bank(domain: str, path: Path | None = None) -> Bank:
     """Read and check a phrase bank, and split every user-side list into pools."""
-    path = path or PHRASES_DIR / f"{domain}.yaml"
+    path = path or domains.pack(domain).file("phrase_bank")
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     answers_of = {name: spec.get("answer", []) for name, spec in raw["intents"].items()}
     intents = {name: _intent(name, spec, answers_of) for name, spec in raw["intents"].items()}
