@@ -458,3 +458,22 @@ def test_a_half_written_last_line_of_an_interrupted_run_is_dropped_and_other_dam
     (tmp_path / PARTIAL_REPLIES).write_text("\n".join([lines[0], lines[1][:17], lines[1]]))
     with pytest.raises(ReuseError, match="line 2 is not JSON"):
         load_previous(tmp_path, serving)
+
+
+def test_a_case_in_both_reports_of_a_folder_is_taken_from_the_one_that_served_it_alike(tmp_path: Path) -> None:
+    """A ``--split all`` folder holds a test and a dev report; both can hold one case, generated
+    differently (merged adapters for one, run-time for the other). The dev report, read last,
+    must not hide the test report's reply that matches."""
+    from training.eval_reuse import DEV_FOLDER, load_previous
+
+    serving = {"base": "b", "backend": "llamacpp", "llama_cpp": "0", "settings": {}}
+    (tmp_path / DEV_FOLDER).mkdir()
+    (tmp_path / "results.json").write_text(json.dumps({"meta": {"serving": serving, "date": "d"}}))
+    row = {"entry": "ecommerce-lora", "source": "test", "case_id": "ecommerce-test-0001", "reply": "merged"}
+    (tmp_path / "replies.jsonl").write_text(json.dumps({**row, "fingerprint": "merged"}) + "\n")
+    (tmp_path / DEV_FOLDER / "replies.jsonl").write_text(json.dumps({**row, "fingerprint": "run-time", "reply": "run-time"}) + "\n")
+    previous = load_previous(tmp_path, serving)
+    key = ("ecommerce-lora", "test", "ecommerce-test-0001")
+    assert previous.take(*key, "merged")["reply"] == "merged"
+    assert previous.take(*key, "run-time")["reply"] == "run-time"
+    assert previous.take(*key, "another") is None

@@ -349,3 +349,11 @@ def test_a_bad_split_or_missing_spec_row_is_refused(tmp_path: Path) -> None:
     path.write_text(json.dumps({"id": "x", "spec_row": " ", "split": "dev", "question": "q"}) + "\n")
     with pytest.raises(ProbeFileError, match="spec_row"):
         read_probe_file(path, ("id", "spec_row", "split", "question"))
+
+
+def test_the_dialogs_follow_the_split_so_dev_never_sees_a_test_dialog() -> None:
+    dev, test, both = (load_cases("medical", split=split).sources["test"] for split in ("dev", "test", None))
+    assert {c.case_id.rsplit("-", 1)[0] for c in dev} == {"medical-validation"} and {c.info["split"] for c in dev} == {"dev"}
+    assert {c.case_id.rsplit("-", 1)[0] for c in test} == {"medical-test"} and {c.info["split"] for c in test} == {"test"}
+    assert [c.case_id for c in both] == [c.case_id for c in dev + test]
+    assert all(c.reference and c.conversation[-1]["role"] == "user" for c in dev)

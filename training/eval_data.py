@@ -1,13 +1,15 @@
-"""What the evaluation asks: test-split dialogs and probe sets, as uniform ``EvalCase`` records.
+"""What the evaluation asks: held-out dialogs and probe sets, as uniform ``EvalCase`` records.
 
-A domain's evaluation *sources* are its test split (``training/data/<domain>/test.jsonl``) and
-its probe files (``training/probes/*.jsonl``, described in ``training/probes/README.md``; which
-files, fields and checks a domain has is its pack's ``probes:``, domains/<name>/pack.yaml).
-``load_cases`` reads them, checks the fields each file needs and, with a limit, keeps an evenly
-spread subset so that a small run still covers every topic and red flag. Every probe carries a
-``split`` (``dev`` for looking at while tuning prompts and data, ``test`` for the reported
-comparison) and the ``spec_row`` it tests; ``load_cases(..., split="dev")`` keeps one split of the
-probes (the test-split dialogs are always kept). Used by ``training.evaluate``; no command of its own.
+A domain's evaluation *sources* are its held-out dialogs (source ``test``: the dialog data's
+validation split, ``training/data/<domain>/validation.jsonl``, on the dev split, and its test
+split, ``test.jsonl``, on the test split) and its probe files (``training/probes/*.jsonl``,
+described in ``training/probes/README.md``; which files, fields and checks a domain has is its
+pack's ``probes:``, domains/<name>/pack.yaml). ``load_cases`` reads them, checks the fields each
+file needs and, with a limit, keeps an evenly spread subset so that a small run still covers
+every topic and red flag. Every probe carries a ``split`` (``dev`` for looking at while tuning
+prompts and data, ``test`` for the reported comparison) and the ``spec_row`` it tests;
+``load_cases(..., split="dev")`` keeps one split, of the probes and of the dialogs alike, so
+nothing chosen on dev has seen a test dialog. Used by ``training.evaluate``; no command of its own.
 """
 
 from __future__ import annotations
@@ -66,8 +68,11 @@ def probe_sources() -> tuple[ProbeSource, ...]:
 
 PROBE_SOURCES: tuple[ProbeSource, ...] = probe_sources()
 TEST_SOURCE = "test"
+"""The source of the held-out dialogs (the name is older than the dev split's use of validation.jsonl)."""
 SPLITS = ("dev", "test")
 """The probe splits: ``dev`` (about 40% of every group) to look at while tuning, ``test`` (the rest) to report."""
+DIALOG_FILES = {"dev": "validation.jsonl", "test": "test.jsonl"}
+"""The dialog data's file that each evaluation split holds out (the training run reads the third, train.jsonl)."""
 
 
 @dataclass(frozen=True)
@@ -137,10 +142,12 @@ def read_probe_file(path: Path, fields: tuple[str, ...]) -> list[dict[str, Any]]
     return rows
 
 
-def dialog_to_case(dialog: dict[str, Any]) -> EvalCase:
-    """The dialog's last assistant turn is the reference; everything before it (system message dropped) is the conversation."""
+def dialog_to_case(dialog: dict[str, Any], split: str = "test") -> EvalCase:
+    """The dialog's last assistant turn is the reference; everything before it (system message dropped) is the conversation.
+    ``split``: the evaluation split the dialog belongs to (its file, DIALOG_FILES)."""
     turns = [m for m in dialog["messages"] if m["role"] != "system"]
     info = {key: dialog[key] for key in ("topic", "kind", "emergency", "red_flag") if dialog.get(key) is not None}
+    info["split"] = split
     return EvalCase(TEST_SOURCE, str(dialog.get("id", "")), tuple(turns[:-1]), turns[-1]["content"], info)
 
 
@@ -152,20 +159,24 @@ def probe_to_case(source: str, row: dict[str, Any]) -> EvalCase:
 def load_cases(
     domain: str, limit: int | None = None, data_dir: Path | None = None, probes_dir: Path | None = None, split: str | None = None
 ) -> DomainCases:
-    """The test split and probe sets of ``domain``, each capped at ``limit`` cases; ``split`` keeps only that split's probes (None: all)."""
+    """The held-out dialogs and probe sets of ``domain``, each capped at ``limit`` cases; ``split``
+    keeps only that split's dialogs (DIALOG_FILES) and probes (None: both)."""
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)} or None, not {split!r}")
     data_dir = data_dir or DATA_DIR
     probes_dir = probes_dir or PROBES_DIR
     result = DomainCases(domain, {}, [])
-    test_file = data_dir / domain / "test.jsonl"
-    try:
-        dialogs = read_jsonl_dialogs(test_file)
-        result.sources[TEST_SOURCE] = spread([dialog_to_case(d) for d in dialogs], limit)
-        result.files.append(test_file)
-    except DialogFileError as exc:
-        # The data may still be being generated: probes alone are still worth reporting.
-        result.notes.append(f"{domain}: test split not evaluated ({exc}); ROUGE-L and perplexity are missing")
+    dialog_cases: list[EvalCase] = []
+    for name in [split] if split else SPLITS:
+        dialog_file = data_dir / domain / DIALOG_FILES[name]
+        try:
+            dialog_cases += spread([dialog_to_case(d, name) for d in read_jsonl_dialogs(dialog_file)], limit)
+            result.files.append(dialog_file)
+        except DialogFileError as exc:
+            # The data may still be being generated: probes alone are still worth reporting.
+            result.notes.append(f"{domain}: {DIALOG_FILES[name]} not evaluated ({exc}); ROUGE-L and perplexity miss its dialogs")
+    if dialog_cases:
+        result.sources[TEST_SOURCE] = dialog_cases
     by_name = {probe.name: probe for probe in PROBE_SOURCES}
     for probe in (by_name[spec.source] for spec in domains.pack(domain).probes):  # the pack's order
         path = probes_dir / probe.file

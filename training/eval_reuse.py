@@ -87,20 +87,24 @@ def reply_fingerprint(bot: Bot, entry: str, conversation: list[dict[str, str]], 
 
 @dataclass
 class Previous:
-    """An earlier run's replies, by (entry, source, case id), when it served as this run does."""
+    """An earlier run's replies, by (entry, source, case id), when it served as this run does.
+
+    One case may have several: a ``--split all`` folder holds a dev and a test report that can
+    share a case, each generated its own way (merged or run-time adapters, another detector)."""
 
     folder: Path
     date: str = ""
-    records: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    records: dict[tuple[str, str, str], list[dict[str, Any]]] = field(default_factory=dict)
     refused: str = ""
     """Why nothing can be taken (empty when the run is compatible)."""
     partial_taken: bool = False
     """Whether an interrupted run's partial file was read (it served as this run does)."""
 
     def take(self, entry: str, source: str, case_id: str, fingerprint: str) -> dict[str, Any] | None:
-        """The earlier reply to this case by this entry, if its fingerprint is the same (a failed one is tried again)."""
-        row = self.records.get((entry, source, case_id))
-        return row if row is not None and row.get("fingerprint") == fingerprint and not row.get("error") else None
+        """The earlier reply to this case by this entry whose fingerprint is the same, the newest
+        first (a failed one is tried again)."""
+        rows = self.records.get((entry, source, case_id), [])
+        return next((row for row in reversed(rows) if row.get("fingerprint") == fingerprint and not row.get("error")), None)
 
 
 def has_run(folder: Path) -> bool:
@@ -130,7 +134,7 @@ def load_previous(folder: Path, serving: Mapping[str, Any]) -> Previous:
         for path in paths:
             if path.is_file():
                 for row in _rows(path, interrupted):
-                    previous.records[(row["entry"], row["source"], row["case_id"])] = row
+                    previous.records.setdefault((row["entry"], row["source"], row["case_id"]), []).append(row)
     if not previous.records and refusals:
         previous.refused = "; ".join(refusals) + ": nothing is reused"
     return previous

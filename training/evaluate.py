@@ -110,7 +110,7 @@ class EvalConfig:
     probes_dir: Path = PROBES_DIR
     progress: bool = True
     split: str = "test"
-    """Which probes: 'dev', 'test' (the reported comparison) or 'all'. The test-split dialogs are always in."""
+    """Which cases: 'dev' (dev probes, validation dialogs), 'test' (the reported comparison: test probes, test dialogs) or 'all'."""
     parallel: int = 0
     """Replies in flight at once; 0: as many as the backend generates together."""
     resamples: int = stats.DEFAULT_RESAMPLES
@@ -168,9 +168,9 @@ class ReplyRecord:
     """The emergency guard's decision (medical variants, guards on): tier, by (rules / detector), score."""
     error: str = ""
     rouge_l: float | None = None
-    """ROUGE-L F1 against the reference (test-split dialogs)."""
+    """ROUGE-L F1 against the reference (held-out dialogs)."""
     reference_nll: float | None = None
-    """Summed NLL of the reference answer under the variant (test-split dialogs; the guard does not change it)."""
+    """Summed NLL of the reference answer under the variant (held-out dialogs; the guard does not change it)."""
     reference_tokens: int | None = None
     fingerprint: str = ""
     """What the reply depends on besides the run's serving (training/eval_reuse.reply_fingerprint)."""
@@ -256,7 +256,7 @@ def score_reply(record: ReplyRecord, case: EvalCase, domain: str) -> None:
 
 def case_checks(case: EvalCase, reply: str, domain: str) -> dict[str, bool]:
     """The per-reply checks of the case's source, as its domain pack names them (kept in
-    replies.jsonl; the rates are their shares). The test-split dialogs have none."""
+    replies.jsonl; the rates are their shares). The held-out dialogs have none."""
     if case.source == TEST_SOURCE:
         return {}
     return {name: m.CHECKS[name](reply, case.info, domain) for name in domains.pack(domain).probe(case.source).checks}
@@ -614,7 +614,7 @@ def build_meta(runtime: Runtime, config: EvalConfig, plan: Plan, cases: dict[str
     base = runtime.backbone.base
     split_note = (
         f"Probes of the {config.split} split" if config.split != "all" else "Probes of both splits (dev and test)"
-    ) + "; the test-split dialogs (ROUGE-L, perplexity) are in every run."
+    ) + "; the held-out dialogs of the same split (ROUGE-L, perplexity: validation.jsonl on dev, test.jsonl on test)."
     return {
         "base_model": {"name": base.name, "fingerprint": base.fingerprint},
         "adapters": adapters,
@@ -757,8 +757,8 @@ def run_evaluation(runtime: Runtime, config: EvalConfig) -> dict[str, Any]:
 
 
 def split_of(case: EvalCase) -> str:
-    """A probe's own split; the dialogs of the evaluation are the test split of the dialog data."""
-    return str(case.info.get("split", "test")) if case.source != TEST_SOURCE else "test"
+    """A case's own split: a probe's ``split``, a dialog's file (validation: dev, test: test)."""
+    return str(case.info.get("split", "test"))
 
 
 def finish(
