@@ -24,7 +24,7 @@ from tests.third_domain import garden_domain
 from training.datagen.__main__ import main as datagen_main
 from training.datagen.common import approx_tokens, find_near_duplicates, word_count
 from training.datagen.domain_settings import SettingsError, load_settings, parse_settings
-from training.datagen.engine import DEFAULT_NOISE, SplitBuilder, load_bank, misspell, non_native, run_on
+from training.datagen.engine import DEFAULT_NOISE, SplitBuilder, generate_domain, load_bank, misspell, non_native, run_on
 from training.dialogs import (
     DATA_DIR,
     DOMAINS,
@@ -549,6 +549,7 @@ def test_a_bad_settings_file_is_a_clear_error(tmp_path: Path) -> None:
         "positive numbers": {**raw, "topic_weights": {**raw["topic_weights"], "returns": 0}},
         "note every weighted topic and no other: gardening": {**raw, "topic_notes": {**raw["topic_notes"], "gardening": "x"}},
         "limits": {**raw, "limits": "one long string"},
+        "train_topic_weights": {**raw, "train_topic_weights": {"gardening": 3}},
         "expected a mapping": ["not", "a", "mapping"],
     }
     for message, content in cases.items():
@@ -556,3 +557,17 @@ def test_a_bad_settings_file_is_a_clear_error(tmp_path: Path) -> None:
             parse_settings(content, "ecommerce", where, shipped.file("phrase_bank"))
     settings = parse_settings(raw, "ecommerce", where, shipped.file("phrase_bank"))
     assert settings.config == load_settings("ecommerce").config and settings.config_file == where
+
+
+def test_the_train_mix_can_change_while_the_held_out_splits_keep_theirs(tmp_path: Path) -> None:
+    """``train_topic_weights`` re-weights the train split only: more look-alikes in training, the
+    same validation and test dialogs (so earlier evaluations still pair case by case)."""
+    settings = load_settings("medical")
+    config = replace(settings.config, sizes={"train": 120, "validation": 40, "test": 40}, train_topic_weights={})
+    heavier = replace(config, train_topic_weights={"lookalike": 60})
+    assert heavier.weights_for("train")["lookalike"] == 60 and heavier.weights_for("test") == config.topic_weights
+    bank = load_bank("medical", settings.phrase_bank)
+    plain, skewed = generate_domain(config, bank), generate_domain(heavier, bank)
+    share = {name: Counter(row["topic"] for row in records["train"])["lookalike"] / 120 for name, records in (("plain", plain), ("skewed", skewed))}
+    assert share["skewed"] > 2 * share["plain"]
+    assert plain["validation"] == skewed["validation"] and plain["test"] == skewed["test"]

@@ -64,6 +64,9 @@ def parse_settings(raw: Any, domain: str, where: Path, phrase_bank: Path) -> Dat
     weights = raw["topic_weights"]
     if not isinstance(weights, dict) or not weights or not all(isinstance(v, (int, float)) and v > 0 for v in weights.values()):
         raise SettingsError(f"{where}: 'topic_weights' must map topics to positive numbers")
+    train_weights = raw.get("train_topic_weights") or {}
+    if not isinstance(train_weights, dict) or not set(train_weights) <= set(weights) or not all(isinstance(v, (int, float)) and v > 0 for v in train_weights.values()):
+        raise SettingsError(f"{where}: 'train_topic_weights' must map some of topic_weights' topics to positive numbers")
     notes = raw["topic_notes"]
     if not isinstance(notes, dict) or set(notes) != set(weights):
         extra = sorted(set(notes or {}) ^ set(weights)) if isinstance(notes, dict) else ["(not a mapping)"]

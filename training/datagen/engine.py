@@ -120,6 +120,14 @@ class DomainConfig:
     greeting_rate: float = 0.1  # share of multi-turn dialogs that open with "hi"
     emergency_field: bool = False
     disclaimer_marker: str = "general information"
+    train_topic_weights: dict[str, float] = field(default_factory=dict)
+    """Weights that replace some of ``topic_weights`` in the train split only: the training mix can
+    change while the held-out splits keep theirs (their RNGs are their own; the near-duplicate check
+    against train may in principle reject another draft, and tests/test_datasets.py checks the files)."""
+
+    def weights_for(self, split: str) -> dict[str, float]:
+        """The topic mix of one split."""
+        return {**self.topic_weights, **self.train_topic_weights} if split == "train" else dict(self.topic_weights)
 
 
 @dataclass
@@ -516,7 +524,7 @@ def make_plan(config: DomainConfig, split: str, builder: SplitBuilder) -> list[t
     first every flag once, then flags in proportion to their intents' weights. So every split,
     however small, holds every red flag.
     """
-    counts = allocate(config.sizes[split], config.topic_weights)
+    counts = allocate(config.sizes[split], config.weights_for(split))
     flags = {topic: builder.flags_of(topic) for topic in counts}
     for topic, topic_flags in flags.items():
         while counts[topic] < len(topic_flags):
