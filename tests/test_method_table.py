@@ -49,6 +49,7 @@ def write_adapter_log(folder: Path) -> None:
         "trainable_parameters": 4_884_480,
         "total_parameters": 139_399_488,
         "train_seconds": 600.0,
+        "train_cpu_seconds": 1140.0,
         "peak_rss_mb": 2100.0,
         "config": {"threads": 2},
     }
@@ -84,10 +85,10 @@ def test_every_row_comes_from_its_measurement(tmp_path: Path) -> None:
     assert f"{retrieval.settings.examples} of {len(retrieval.example_pool)} example dialogs" in cells["data needed"]["prompt"]
     assert cells["model updates"]["lora"] == "4.88 M trainable parameters (3.5% of 139 M); adapter 2.0 MB"
     assert cells["model updates"]["prompt"].startswith("0")
-    assert "new value in 1/10" in cells["adaptability"]["lora"] and "retraining to catch up: 10.0 min" in cells["adaptability"]["lora"]
+    assert "new value in 1/10" in cells["adaptability"]["lora"] and "retraining to catch up: 10.0 min (19 CPU-min)" in cells["adaptability"]["lora"]
     assert "new value in 8/10" in cells["adaptability"]["prompt"] and "not measured" in cells["adaptability"]["base"]
     assert "fact accuracy 60% [50%, 70%]" in cells["performance"]["lora"]
-    assert cells["resources"]["lora"] == "training: 10.0 min on 2 CPU threads, peak 2100 MB; serving: peak 480 MB"
+    assert cells["resources"]["lora"] == "training: 10.0 min (19 CPU-min) on 2 CPU threads, peak 2100 MB; serving: peak 480 MB"
     assert "serving memory not measured" in cells["resources"]["base"]
     # Timings come from the quiet serving process, not from the report's replies in flight.
     assert cells["cost per reply"]["lora"] == "74 [74, 74] prompt tokens; one reply at a time: time to first token 0.12 s, latency 1.46 s for 60 new tokens (median of 4)"

@@ -165,6 +165,14 @@ def _wins_over_control(results: dict[str, Any], domain: str, variant: str, contr
     return f" Measured: better than the control on {wins} of {len(rows)} quality metrics, worse on {losses} (paired, p < 0.05)."
 
 
+def _training_time(log: dict[str, Any]) -> str:
+    """Wall-clock minutes, and CPU minutes where the log has them: a run paused for a quiet
+    benchmark shows a wall time well above its CPU time over its threads."""
+    wall = f"{log['train_seconds'] / 60:.1f} min"
+    cpu = log.get("train_cpu_seconds")
+    return f"{wall} ({cpu / 60:.0f} CPU-min)" if cpu else wall
+
+
 def _peak_training_memory(log: dict[str, Any] | None, curve: dict[str, Any] | None, domain: str) -> str:
     if log and log.get("peak_rss_mb"):
         return f"peak {log['peak_rss_mb']:.0f} MB"
@@ -244,7 +252,7 @@ def domain_rows(
         new, old = row["new_value"], row["old_value"]
         text = f"after {len(drift['changes'])} changed fact(s): new value in {new['hits']}/{new['n']} = {new['value']:.0%} [{new['ci_low']:.0%}, {new['ci_high']:.0%}], old value still in {old['hits']}/{old['n']}"
         if method in trains and (log := logs[method]):
-            text += f"; retraining to catch up: {log['train_seconds'] / 60:.1f} min"
+            text += f"; retraining to catch up: {_training_time(log)}"
         return text
 
     add("adaptability", adaptability)
@@ -254,7 +262,7 @@ def domain_rows(
         serving = memory.get(method)
         serve = f"serving: peak {serving['peak_rss_mb']:.0f} MB" if serving else "serving memory not measured"
         if method in trains and (log := logs[method]):
-            return f"training: {log['train_seconds'] / 60:.1f} min on {log['config'].get('threads')} CPU threads, {_peak_training_memory(log, curve, domain)}; {serve}"
+            return f"training: {_training_time(log)} on {log['config'].get('threads')} CPU threads, {_peak_training_memory(log, curve, domain)}; {serve}"
         return f"training: none; {serve}"
 
     add("resources", resources)
