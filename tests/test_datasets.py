@@ -537,6 +537,11 @@ def test_a_third_domain_is_generated_from_its_files_alone(tmp_path: Path) -> Non
     card = (tmp_path / "out" / "garden" / "README.md").read_text()
     assert settings.title in card and "Northwind Goods support dialogs (garden)" in card
     assert not (DATA_DIR / "garden").exists()
+    with garden_domain(tmp_path / "broken") as garden:
+        (garden / "datagen.yaml").write_text("title: [unclosed")
+        with pytest.raises(SystemExit) as stop:
+            datagen_main(["--out", str(tmp_path / "out2"), "--domain", "garden"])
+    assert stop.value.code == 2 and not (tmp_path / "out2").exists()
 
 
 def test_a_bad_settings_file_is_a_clear_error(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import domains
 from bots.cli_args import CommandParser
 from training.datagen.card import dataset_card
 from training.datagen.common import SPLITS, find_near_duplicates, write_jsonl
-from training.datagen.domain_settings import DatagenSettings, load_settings
+from training.datagen.domain_settings import DatagenSettings, SettingsError, load_settings
 from training.datagen.engine import generate_domain, load_bank
 from training.dialogs import DATA_DIR, validate_dialog
 
@@ -48,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--domain", choices=domains.names(), action="append", help="only this domain (repeatable)")
     args = parser.parse_args(argv)
     for name in args.domain or domains.names():
-        records = build_domain(load_settings(name), args.out)
+        try:
+            settings = load_settings(name)
+        except SettingsError as exc:
+            parser.error(str(exc))  # one line, exit code 2, like every other bad input
+        records = build_domain(settings, args.out)
         sizes = ", ".join(f"{split} {len(rows)}" for split, rows in records.items())
         print(f"{name}: {sizes} -> {args.out / name}")
     return 0
