@@ -91,7 +91,8 @@ class Backbone(BackboneBase):
     def decode_text(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
-    def embed(self, text: str, blocks: int | None = None) -> np.ndarray:
+    def embed(self, text: str, blocks: int | None = None, copy_weights: str | None = None) -> np.ndarray:
+        # copy_weights is llama.cpp's: here the blocks run in full precision on the dequantised weights.
         ids = self.encode_text(text)[-EMBED_MAX_TOKENS:]
         if not ids:
             raise ValueError("nothing to embed: the text has no tokens")

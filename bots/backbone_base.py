@@ -112,11 +112,12 @@ class BackboneBase(ABC):
         "merged Q8_0"; None otherwise. Part of an evaluation reply's fingerprint."""
         return None
 
-    def embed(self, text: str, blocks: int | None = None) -> np.ndarray:
+    def embed(self, text: str, blocks: int | None = None, copy_weights: str | None = None) -> np.ndarray:
         """Mean over ``text``'s tokens of the base model's hidden state after ``blocks`` blocks
         (None: all), through the final norm, adapters off: the learned emergency detector's
-        features (bots/detector.py). A backend without it raises NotImplementedError, and the
-        rules then act alone."""
+        features (bots/detector.py). ``copy_weights``: a backend that runs a truncated copy for
+        ``blocks`` (llama.cpp) makes its weights that format (e.g. Q4_0); others ignore it. A
+        backend without embeddings raises NotImplementedError, and the rules then act alone."""
         raise NotImplementedError(f"the {self.backend or 'this'} backend computes no embeddings")
 
     def prefill(self, prompt_ids: list[int], adapter: str | None) -> None:

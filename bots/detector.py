@@ -82,6 +82,9 @@ class DetectorModel:
     """Files, sizes and dev figures of the run that made it."""
     blocks: int | None = None
     """The features are the hidden state after this many blocks (None: after the last one)."""
+    copy_weights: str | None = None
+    """llama.cpp: the weight format of the truncated copy the features come from (bots/gguf_truncate.py,
+    e.g. Q4_0); None: the base file's own. The transformers backend computes in full precision."""
     tier_members: list[dict[str, Any]] = field(default_factory=list)
     """The tier head as the mean of these networks' probabilities, each ``{"w1": features x
     hidden, "b1": hidden, "w2": hidden x tiers, "b2": tiers}`` with a ReLU between; empty: the

@@ -127,7 +127,7 @@ class EmergencyGuard:
         if self.detector is None or self.backbone is None:
             return None
         try:
-            return self.detector.detect(self.backbone.embed(text, self.detector.blocks))
+            return self.detector.detect(self.backbone.embed(text, self.detector.blocks, self.detector.copy_weights))
         except NotImplementedError as exc:
             self.detector, self.detector_status = None, f"rules only: {exc}"
             return None

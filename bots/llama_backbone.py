@@ -237,7 +237,7 @@ class LlamaCppBackbone(BackboneBase):
         """A one-sequence context per pool, with the adapter and tokens it last scored."""
         self._score_state: dict[str | None, tuple[str | None, list[int]]] = {}
         self._embed_lock = threading.Lock()
-        self._embed_contexts: dict[int | None, EmbeddingContext] = {}
+        self._embed_contexts: dict[tuple[int | None, str | None], EmbeddingContext] = {}
         self._calls: list[_Call] = []
         """Work for llama.cpp from other threads (embedding, scoring), run by the scheduler between rounds."""
         self._worker = threading.Thread(target=self._run, name="llama-scheduler", daemon=True)
@@ -257,27 +257,28 @@ class LlamaCppBackbone(BackboneBase):
     def decode_text(self, token_ids: list[int]) -> str:
         return self.model.decode(token_ids)
 
-    def embed(self, text: str, blocks: int | None = None) -> np.ndarray:
+    def embed(self, text: str, blocks: int | None = None, copy_weights: str | None = None) -> np.ndarray:
         """Mean hidden state after ``blocks`` blocks (all: None), normed (llama.cpp's pooling).
 
         Runs on a context of its own, made on first use; for ``blocks`` it is a context of the
         GGUF cut after that block, headless (bots/gguf_truncate.py, cached), which costs
-        blocks/30 of a pass and no output layer.
+        blocks/30 of a pass and no output layer, with its weights in ``copy_weights`` (None:
+        the base file's format).
         """
         ids = self.encode_text(text)
         with self._embed_lock:
             if self._closed:
                 raise GenerationError("the backbone is closed")
-            context = self._embed_contexts.get(blocks)
+            context = self._embed_contexts.get((blocks, copy_weights))
             if context is None:
                 model, rows = self.model, None
                 if blocks is not None:
                     if self.base.path is None:
                         raise NotImplementedError("the base GGUF file is unknown: no truncated copy for the detector")
                     # Headless: no output layer over the vocabulary, fed the token vectors.
-                    truncated = cached_truncated_gguf(self.base.path, blocks, self.cache_dir, self.base.fingerprint, headless=True)
+                    truncated = cached_truncated_gguf(self.base.path, blocks, self.cache_dir, self.base.fingerprint, headless=True, weights=copy_weights)
                     model, rows = LlamaModel(truncated, self.model.threads), TokenRows(self.base.path)
-                context = self._embed_contexts[blocks] = EmbeddingContext(model, EMBED_MAX_TOKENS, threads=self.model.threads, token_rows=rows)
+                context = self._embed_contexts[(blocks, copy_weights)] = EmbeddingContext(model, EMBED_MAX_TOKENS, threads=self.model.threads, token_rows=rows)
             return self._on_scheduler(lambda: context.embed(ids))
 
     # --- adapters ---------------------------------------------------------------------------

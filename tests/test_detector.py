@@ -127,7 +127,7 @@ def test_a_backend_without_embeddings_leaves_the_rules_alone(tiny_base: LoadedBa
     _, model = trained
 
     class NoEmbeddings(Backbone):
-        def embed(self, text: str, blocks: int | None = None) -> np.ndarray:
+        def embed(self, text: str, blocks: int | None = None, copy_weights: str | None = None) -> np.ndarray:
             raise NotImplementedError("no embeddings here")
 
     guard = EmergencyGuard(NoEmbeddings(tiny_base), model)
@@ -171,7 +171,7 @@ def test_features_are_cached_between_fits_and_only_new_texts_are_embedded(tmp_pa
     calls: list[str] = []
 
     class Counting:
-        def embed(self, text: str, blocks: int | None = None) -> np.ndarray:
+        def embed(self, text: str, blocks: int | None = None, copy_weights: str | None = None) -> np.ndarray:
             calls.append(text)
             return np.full(3, float(len(text)), np.float32)
 

@@ -173,3 +173,24 @@ def test_a_headless_copy_has_no_vocabulary_and_token_rows_give_the_sources_vecto
         TokenRows(truncate_gguf(_base(tmp_path / "plain.gguf", np.ones((IN, IN), dtype=np.float32)), 1, tmp_path / "plain-cut.gguf"))
     cached = cached_truncated_gguf(base, 1, tmp_path / "cache", "fp", headless=True)
     assert cached != cached_truncated_gguf(base, 1, tmp_path / "cache", "fp") and cached.name.endswith("-headless.gguf")
+
+
+def test_a_copy_in_another_weight_format_requantises_the_matrices_and_keeps_the_norms(tmp_path: Path, weights) -> None:
+    """The detector's Q4_0 copy: each quantised matrix is the source's values quantised again
+    (close to them, in the new format); the norms stay F32 and exact; the cache names the format."""
+    from bots.gguf_truncate import cached_truncated_gguf, truncate_gguf
+
+    base = _base(tmp_path / "base.gguf", weights[0])
+    copy = {t.name: t for t in gguf.GGUFReader(str(truncate_gguf(base, 1, tmp_path / "q4_0.gguf", weights="Q4_0"))).tensors}
+    source = _tensors(base)
+    matrix = copy["blk.0.attn_q.weight"]
+    assert matrix.tensor_type == gguf.GGMLQuantizationType.Q4_0 and list(matrix.shape) == list(source["blk.0.attn_q.weight"].shape)
+    was = dequantize(np.asarray(source["blk.0.attn_q.weight"].data), gguf.GGMLQuantizationType.Q4_1)
+    now = dequantize(np.asarray(matrix.data), gguf.GGMLQuantizationType.Q4_0).reshape(was.shape)
+    assert not np.array_equal(now, was) and np.corrcoef(now.ravel(), was.ravel())[0, 1] > 0.95
+    assert copy["blk.0.attn_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+    np.testing.assert_array_equal(np.asarray(copy["blk.0.attn_norm.weight"].data), np.ones(IN, dtype=np.float32))
+    with pytest.raises(ValueError, match="unknown weight format 'Q9'"):
+        truncate_gguf(base, 1, tmp_path / "q9.gguf", weights="Q9")
+    cached = cached_truncated_gguf(base, 1, tmp_path / "cache", "fp", headless=False, weights="Q4_0")
+    assert cached.name.endswith("-q4_0.gguf") and cached != cached_truncated_gguf(base, 1, tmp_path / "cache", "fp")

@@ -772,6 +772,27 @@ def test_a_headless_copy_fed_token_vectors_embeds_bit_for_bit_as_the_copy_fed_to
 
 
 @needs_llama
+def test_a_q4_0_copy_embeds_close_to_the_base_formats_copy_but_not_equal(tmp_path: Path) -> None:
+    """The detector's copy in Q4_0 (faster kernels): features near the Q4_1 copy's, not the same,
+    which is why the detector is fitted on the features of the copy it is served with."""
+    from bots.gguf_truncate import TokenRows, truncate_gguf
+    from bots.llama_engine import EmbeddingContext, LlamaModel
+
+    source = embedded_gguf_path()
+    rows = TokenRows(source)
+    contexts = [
+        EmbeddingContext(LlamaModel(truncate_gguf(source, 2, tmp_path / f"two-{name}.gguf", headless=True, weights=weights), 1), 64, threads=1, token_rows=rows)
+        for name, weights in (("base", None), ("q4_0", "Q4_0"))
+    ]
+    tokens = LlamaModel(source, 1).tokenize("my dad can't lift his arm and his face looks droopy", special=False)  # headless copies have no vocabulary
+    base, q4_0 = (context.embed(tokens) for context in contexts)
+    assert not np.array_equal(base, q4_0)
+    assert float(base @ q4_0 / np.linalg.norm(base) / np.linalg.norm(q4_0)) > 0.97
+    for context in contexts:
+        context.close()
+
+
+@needs_llama
 def test_llama_logs_keep_warnings_and_errors_but_not_the_ones_our_own_choices_cause() -> None:
     from bots.llama_engine import shown_log
 

@@ -47,15 +47,26 @@ guard, the v4 recipe gave 0.036 false alarms after block 15, against 0.053 after
 after 12 and 0.069 after 9 and 6; and block 15 costs 15/30 of a pass (v1 to v4: block 21)."""
 
 
-def feature_name(blocks: int | None) -> str:
+DEFAULT_COPY_WEIGHTS: str | None = None
+"""The llama.cpp copy's weight format: the base file's own (Q4_1). A Q4_0 copy (``--copy-weights
+Q4_0``) runs its pass in 0.57x the time, and a detector fitted on its features kept the dev
+false alarms on llama.cpp (0.040 against 0.036), but the transformers backend, which computes the
+features in full precision, then raised 0.078 on the dev sets against 0.042: not shipped
+(bots/safety_eval/README.md, "A Q4_0 copy")."""
+
+
+def feature_name(blocks: int | None, copy_weights: str | None = None) -> str:
     where = "the last block" if blocks is None else f"block {blocks}"
-    return f"mean over the message tokens of the base model's hidden state after {where}, final norm applied, adapters off"
+    copy = f" (llama.cpp: a {copy_weights} copy of those blocks)" if copy_weights and blocks is not None else ""
+    return f"mean over the message tokens of the base model's hidden state after {where}, final norm applied, adapters off{copy}"
 
 
 @dataclass(frozen=True)
 class FitConfig:
     blocks: int | None = DEFAULT_BLOCKS
     """Hidden state after this many blocks (None: the last)."""
+    copy_weights: str | None = DEFAULT_COPY_WEIGHTS
+    """The truncated copy's weight format on llama.cpp (None: the base file's)."""
     l2: float = 1e-2
     """L2 penalty on the weights (the features are standardised)."""
     steps: int = 600
@@ -86,7 +97,9 @@ class FitConfig:
     above a dev emergency the rules catch); "margin": as above."""
 
 
-def embed_all(backbone: BackboneBase, texts: Sequence[str], blocks: int | None, label: str = "embedding", cache: Path | None = None) -> np.ndarray:
+def embed_all(
+    backbone: BackboneBase, texts: Sequence[str], blocks: int | None, label: str = "embedding", cache: Path | None = None, copy_weights: str | None = None
+) -> np.ndarray:
     """The features of every text; with ``cache`` (a .npz file), those computed before are read
     from it and the new ones added, so a second fit (another l2, a new set) embeds only what is new."""
     known: dict[str, np.ndarray] = {}
@@ -96,7 +109,7 @@ def embed_all(backbone: BackboneBase, texts: Sequence[str], blocks: int | None, 
     keys = [hashlib.sha256(text.encode("utf-8")).hexdigest()[:32] for text in texts]
     missing = [(key, text) for key, text in zip(keys, texts, strict=True) if key not in known]
     for key, text in tqdm(missing, desc=label, unit="msg", leave=False):
-        known[key] = backbone.embed(text, blocks)
+        known[key] = backbone.embed(text, blocks, copy_weights)
     if cache is not None and missing:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f"{cache.stem}.tmp-{os.getpid()}.npz")
@@ -105,10 +118,11 @@ def embed_all(backbone: BackboneBase, texts: Sequence[str], blocks: int | None, 
     return np.stack([known[key] for key in keys]).astype(np.float32)
 
 
-def feature_cache(backbone: BackboneBase, blocks: int | None) -> Path:
-    """Where the features of one base, backend and block are kept between fits."""
+def feature_cache(backbone: BackboneBase, blocks: int | None, copy_weights: str | None = None) -> Path:
+    """Where the features of one base, backend, block and copy format are kept between fits."""
     cache_dir = getattr(backbone, "cache_dir", None) or BaseModelSpec().cache_dir
-    return Path(cache_dir) / "detector-features" / f"{backbone.base.fingerprint[:16]}-{backbone.backend}-b{blocks or 'last'}.npz"
+    copy = f"-{copy_weights.lower()}" if copy_weights and blocks is not None and backbone.backend == "llamacpp" else ""
+    return Path(cache_dir) / "detector-features" / f"{backbone.base.fingerprint[:16]}-{backbone.backend}-b{blocks or 'last'}{copy}.npz"
 
 
 def fit_softmax(features: np.ndarray, labels: np.ndarray, classes: int, config: FitConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -217,9 +231,9 @@ def choose_urgent_threshold(p_urgent_or_worse: np.ndarray, is_urgent: np.ndarray
 
 
 def train_detector(backbone: BackboneBase, train: list[TieredMessage], dev: list[TieredMessage], config: FitConfig, sources: dict[str, str] | None = None) -> tuple[DetectorModel, dict[str, float]]:
-    cache = feature_cache(backbone, config.blocks) if config.cache_features else None
-    x_train = embed_all(backbone, [m.text for m in train], config.blocks, "train", cache)
-    x_dev = embed_all(backbone, [m.text for m in dev], config.blocks, "dev", cache)
+    cache = feature_cache(backbone, config.blocks, config.copy_weights) if config.cache_features else None
+    x_train = embed_all(backbone, [m.text for m in train], config.blocks, "train", cache, config.copy_weights)
+    x_dev = embed_all(backbone, [m.text for m in dev], config.blocks, "dev", cache, config.copy_weights)
     mean, scale = x_train.mean(axis=0), x_train.std(axis=0) + 1e-6
     z_train = (x_train - mean) / scale
     tier_labels = np.array([TIERS.index(m.tier) for m in train])
@@ -234,8 +248,9 @@ def train_detector(backbone: BackboneBase, train: list[TieredMessage], dev: list
     flag_w, flag_b = fit_softmax(z_train[emergencies], np.array([flags.index(train[i].red_flag) for i in emergencies]), len(flags), config)
     model = DetectorModel(
         base_fingerprint=backbone.base.fingerprint,
-        feature=feature_name(config.blocks),
+        feature=feature_name(config.blocks, config.copy_weights),
         blocks=config.blocks,
+        copy_weights=config.copy_weights if config.blocks is not None else None,
         mean=mean.tolist(),
         scale=scale.tolist(),
         tier_weights=tier_w.tolist(),
@@ -273,7 +288,7 @@ def train_detector(backbone: BackboneBase, train: list[TieredMessage], dev: list
         "dev": f"{(sources or {}).get('dev', 'given')} ({len(dev)} messages)",
         "backend": backbone.backend,
         "fit": {
-            "blocks": config.blocks, "l2": config.l2, "steps": config.steps, "learning_rate": config.learning_rate,
+            "blocks": config.blocks, "copy_weights": config.copy_weights, "l2": config.l2, "steps": config.steps, "learning_rate": config.learning_rate,
             "hidden": config.hidden, "members": config.members if config.hidden else 0,
             "mlp_steps": config.mlp_steps, "mlp_l2": config.mlp_l2, "mlp_learning_rate": config.mlp_learning_rate,
             "target_recall": config.target_recall, "rules_veto": config.rules_veto, "veto_choice": config.veto_choice, "veto_margin": config.veto_margin,
@@ -293,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-veto", action="store_true", help="the rules always stand (no rules_veto_threshold)")
     parser.add_argument("--veto-choice", choices=("joint", "margin"), default=FitConfig.veto_choice, help="how the veto is chosen on dev (default joint: with the threshold, fewest false alarms)")
     parser.add_argument("--blocks", type=int, default=DEFAULT_BLOCKS, help=f"features after this many blocks (default {DEFAULT_BLOCKS}; 0: the last block)")
+    parser.add_argument("--copy-weights", default="base", help="llama.cpp: the truncated copy's weight format, e.g. Q4_0 (default 'base': the base file's)")
     parser.add_argument("--base-model", default=None, help="'embedded' (default), a hub id or a local folder; env TOP_BASE_MODEL")
     parser.add_argument("--backend", default=None, help="serving backend that computes the features (default auto)")
     args = parser.parse_args(argv)
@@ -308,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     backbone = build_backbone(BaseModelSpec.from_env(args.base_model, backend=args.backend))
     sources = {role: " + ".join(f"bots/safety_eval/{name}.jsonl" for name in roles[role]) for role in ("train", "dev")}
-    config = FitConfig(blocks=args.blocks or None, l2=args.l2, hidden=args.hidden, members=args.members, target_recall=args.target_recall, rules_veto=not args.no_veto, veto_choice=args.veto_choice, cache_features=True)
+    copy_weights = None if args.copy_weights == "base" else args.copy_weights
+    config = FitConfig(blocks=args.blocks or None, copy_weights=copy_weights, l2=args.l2, hidden=args.hidden, members=args.members, target_recall=args.target_recall, rules_veto=not args.no_veto, veto_choice=args.veto_choice, cache_features=True)
     model, figures = train_detector(backbone, train, dev, config, sources)
     args.out.write_text(model.to_json(), encoding="utf-8")
     print(f"wrote {args.out} in {time.perf_counter() - started:.0f} s (thresholds: emergency {model.emergency_threshold:.4f}, urgent {model.urgent_threshold:.4f})")
