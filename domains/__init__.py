@@ -111,15 +111,19 @@ def parse_pack(raw: object, folder: Path) -> DomainPack:
     return DomainPack(name, folder, files, tuple(probes), metrics, headline, _strings(raw, "steer_back_patterns", where), _text(raw, "plot_marker", where), bench)
 
 
-def load_pack_from(folder: Path) -> DomainPack:
-    path = folder / PACK_FILE
+def read_yaml(path: Path, error: type[Exception], missing: str) -> object:
+    """A YAML file's content; ``error`` with ``missing`` when it is not there, or with the
+    parser's message when it does not parse (every pack-named file of settings reads this way)."""
     if not path.is_file():
-        raise PackError(f"{folder}: no {PACK_FILE}")
+        raise error(missing)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise PackError(f"{path}: bad YAML: {exc}") from exc
-    return parse_pack(raw, folder)
+        raise error(f"{path}: bad YAML: {exc}") from exc
+
+
+def load_pack_from(folder: Path) -> DomainPack:
+    return parse_pack(read_yaml(folder / PACK_FILE, PackError, f"{folder}: no {PACK_FILE}"), folder)
 
 
 def packs() -> dict[str, DomainPack]:

@@ -542,6 +542,10 @@ def test_a_third_domain_is_generated_from_its_files_alone(tmp_path: Path) -> Non
         with pytest.raises(SystemExit) as stop:
             datagen_main(["--out", str(tmp_path / "out2"), "--domain", "garden"])
     assert stop.value.code == 2 and not (tmp_path / "out2").exists()
+    with garden_domain(tmp_path / "missing") as garden:
+        (garden / "datagen.yaml").unlink()
+        with pytest.raises(SettingsError, match="datagen.yaml: no such file"):
+            load_settings("garden")
 
 
 def test_a_bad_settings_file_is_a_clear_error(tmp_path: Path) -> None:

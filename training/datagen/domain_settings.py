@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 import domains
 from prompts import load_prompt_spec
 from training.datagen.engine import DomainConfig
@@ -89,10 +87,5 @@ def load_settings(domain: str) -> DatagenSettings:
     """The settings of one domain, from the file its pack names."""
     pack = domains.pack(domain)
     path = pack.file("datagen")
-    if not path.is_file():
-        raise SettingsError(f"{path}: no such file (named by {pack.folder / domains.PACK_FILE}, files: datagen)")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise SettingsError(f"{path}: bad YAML: {exc}") from exc
+    raw = domains.read_yaml(path, SettingsError, f"{path}: no such file (named by {pack.folder / domains.PACK_FILE}, files: datagen)")
     return parse_settings(raw, domain, path, pack.file("phrase_bank"))
