@@ -17,8 +17,8 @@ same numbers, bit for bit, for less work.
 
 A copy may also take its block weights in another format (``weights="Q4_0"``): dequantised
 from the source's and quantised again. A Q4_0 copy, whose weights llama.cpp repacks for its
-AVX2 kernels, ran its forward pass in 0.57x the time of the Q4_1 copy (33 against 59 ms at
-block 15, 20-token messages, measured), for features at cosine 0.99 to the Q4_1 ones; a
+AVX2 kernels, ran its forward pass in 0.57-0.62x the time of the Q4_1 copy (33-34 against 54-59
+ms at block 15, messages of tiers_dev, two runs of benchmarks.detector), for features at cosine 0.99 to the Q4_1 ones; a
 detector must then be fitted on them (``train_detector --copy-weights Q4_0``). The shipped
 detector is not: see training/train_detector.py, DEFAULT_COPY_WEIGHTS.
 
