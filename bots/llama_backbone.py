@@ -266,10 +266,11 @@ class LlamaCppBackbone(BackboneBase):
         the base file's format).
         """
         ids = self.encode_text(text)
+        key = (blocks, copy_weights if blocks is not None else None)  # the whole model has no copy
         with self._embed_lock:
             if self._closed:
                 raise GenerationError("the backbone is closed")
-            context = self._embed_contexts.get((blocks, copy_weights))
+            context = self._embed_contexts.get(key)
             if context is None:
                 model, rows = self.model, None
                 if blocks is not None:
@@ -278,7 +279,7 @@ class LlamaCppBackbone(BackboneBase):
                     # Headless: no output layer over the vocabulary, fed the token vectors.
                     truncated = cached_truncated_gguf(self.base.path, blocks, self.cache_dir, self.base.fingerprint, headless=True, weights=copy_weights)
                     model, rows = LlamaModel(truncated, self.model.threads), TokenRows(self.base.path)
-                context = self._embed_contexts[(blocks, copy_weights)] = EmbeddingContext(model, EMBED_MAX_TOKENS, threads=self.model.threads, token_rows=rows)
+                context = self._embed_contexts[key] = EmbeddingContext(model, EMBED_MAX_TOKENS, threads=self.model.threads, token_rows=rows)
             return self._on_scheduler(lambda: context.embed(ids))
 
     # --- adapters ---------------------------------------------------------------------------

@@ -34,6 +34,15 @@ ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 
 
+def repo_path(path: Path) -> str:
+    """A file's path as the repository spells it (POSIX, from its root), or as given outside it:
+    how reports and dataset cards name the files they were made from."""
+    try:
+        return path.resolve().relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
 class ConfigError(ValueError):
     """A configuration value is unknown, of the wrong type or impossible; the message names the field."""
 

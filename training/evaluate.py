@@ -68,6 +68,7 @@ from bots.generation import GenerationSettings
 from bots.registry import METHODS, VARIANTS, Runtime, get_runtime
 from training import metrics as m
 from training import stats
+from training.config import repo_path
 from training.dialogs import DATA_DIR
 from training.eval_data import PROBE_SOURCES, PROBES_DIR, SPLITS, TEST_SOURCE, DomainCases, EvalCase, load_cases
 from training.eval_plots import write_plots
@@ -86,7 +87,6 @@ from training.eval_reuse import (
 )
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "reports"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 GUARD_SUFFIX = "+guard"
 SPLIT_CHOICES = (*SPLITS, "all")
 CONTROL_METHOD = "base"
@@ -571,13 +571,6 @@ def statistics(
 # --------------------------------------------------------------------------- provenance
 
 
-def _relative(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
-
-
 def perplexity_source(runtime: Runtime, scored: bool) -> dict[str, Any]:
     """Where the perplexity came from (results.json meta 'perplexity')."""
     backend = runtime.backbone.backend
@@ -600,7 +593,7 @@ def adapters_of(runtime: Runtime, plan: Plan) -> dict[str, dict[str, Any]]:
         path = getattr(bot, "adapter_path", None)
         if bot.adapter and path and entry.variant not in adapters:
             weights = Path(path) / "adapter_model.safetensors"
-            adapters[entry.variant] = {"path": _relative(Path(path)), "sha256": file_sha256(weights) if weights.is_file() else None}
+            adapters[entry.variant] = {"path": repo_path(Path(path)), "sha256": file_sha256(weights) if weights.is_file() else None}
             served = runtime.backbone.adapter_serving(bot.adapter)
             if served:
                 adapters[entry.variant]["served"] = served
@@ -610,7 +603,7 @@ def adapters_of(runtime: Runtime, plan: Plan) -> dict[str, dict[str, Any]]:
 def build_meta(runtime: Runtime, config: EvalConfig, plan: Plan, cases: dict[str, DomainCases]) -> dict[str, Any]:
     """Where the numbers come from: base, adapters, data, machine, settings (results.json 'meta')."""
     adapters = adapters_of(runtime, plan)
-    data = {_relative(path): file_sha256(path) for domain in cases.values() for path in domain.files}
+    data = {repo_path(path): file_sha256(path) for domain in cases.values() for path in domain.files}
     base = runtime.backbone.base
     split_note = (
         f"Probes of the {config.split} split" if config.split != "all" else "Probes of both splits (dev and test)"
@@ -733,10 +726,10 @@ def run_evaluation(runtime: Runtime, config: EvalConfig) -> dict[str, Any]:
     reused = {name: sum(1 for r in entry_records if r.reused) for name, entry_records in records.items()}
     common: dict[str, Any] = {"parallel": parallel, "perplexity": perplexity_source(runtime, any(scoring.values())), "serving": serving}
     if previous:
-        common["reuse"] = {"from": _relative(previous.folder), "date": previous.date, "refused": previous.refused or None, "replies": reused}
+        common["reuse"] = {"from": repo_path(previous.folder), "date": previous.date, "refused": previous.refused or None, "replies": reused}
         taken, made = sum(reused.values()), sum(len(r) for r in records.values())
         plan.notes.append(
-            f"--reuse: {taken} of {made} replies were taken from the run of {previous.date or 'unknown date'} in `{_relative(previous.folder)}`, "
+            f"--reuse: {taken} of {made} replies were taken from the run of {previous.date or 'unknown date'} in `{repo_path(previous.folder)}`, "
             "where nothing they depend on had changed (their timings are that run's)." if not previous.refused else f"--reuse: {previous.refused}."
         )
     if config.split != "all":

@@ -8,13 +8,11 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 
+from training.config import repo_path
 from training.datagen.common import SPLITS, NearDupIndex, approx_tokens, user_text
 from training.datagen.domain_settings import DatagenSettings
 from training.hub_cards import dataset_metadata, with_front_matter
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _share(rows: list[dict], test: Callable[[dict], bool]) -> str:
@@ -79,14 +77,6 @@ def _closest_to_train(records: dict[str, list[dict]], split: str) -> str:
     return f"{best:.2f}" if best else "< 0.50"
 
 
-def _repo_path(path: Path) -> str:
-    """A file's path as the repository spells it (POSIX, from its root), or as given outside it."""
-    try:
-        return path.resolve().relative_to(REPO_ROOT).as_posix()
-    except ValueError:
-        return path.as_posix()
-
-
 def dataset_card(settings: DatagenSettings, records: dict[str, list[dict]]) -> str:
     """Markdown card: provenance, sizes, topic (and red-flag) counts, honesty checks, limits."""
     config = settings.config
@@ -106,9 +96,9 @@ def dataset_card(settings: DatagenSettings, records: dict[str, list[dict]]) -> s
         "python -m training.datagen            # both domains; --domain " + domain + " for this one",
         "```",
         "",
-        f"* Phrase bank `{_repo_path(settings.phrase_bank)}`: per intent several user phrasings "
+        f"* Phrase bank `{repo_path(settings.phrase_bank)}`: per intent several user phrasings "
         "and several answer phrasings (all factually identical), slots, follow-ups.",
-        f"* Settings `{_repo_path(settings.config_file)}`: split sizes, topic mix, persona and noise rates.",
+        f"* Settings `{repo_path(settings.config_file)}`: split sizes, topic mix, persona and noise rates.",
         "* `training/datagen/engine.py` combines them: personas (greetings, courtesy, terse or long "
         "messages, indirect questions, 'is it normal that ...?' frames"
         + (", order numbers" if config.order_ref_rate else "")
