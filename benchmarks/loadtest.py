@@ -3,14 +3,15 @@
     python -m benchmarks.loadtest --serve                      # the sweep: 1, 4, 16 and 64 sessions
     python -m benchmarks.loadtest --serve --sessions 16 --max-new-tokens 48 --json load.json
     python -m benchmarks.loadtest --url http://127.0.0.1:7860/ --sessions 1,8,32
+    python -m benchmarks.loadtest --serve --variants headline    # the four the Chat tab opens on
 
 ``--serve`` starts the UI (``python ui.py``, or ``--serve-command``) as a process of its own
 and waits until it answers, so the clients never share the server's interpreter; ``--url``
 points at a UI already running.
 
 At each concurrency level, N sessions (one gradio_client each) send single-turn greedy
-requests that cycle through the available variants (a variant whose status says
-'unavailable' is skipped) and each domain's example questions (prompts/<domain>.yaml), until
+requests that cycle through the available variants (``--variants``: every variant, the
+headline ones or a list; a variant whose status says 'unavailable' is skipped) and each domain's example questions (prompts/<domain>.yaml), until
 the level's requests are spent or the duration is over. Every level sends whole cycles of
 that mix, so the levels do the same work per request. For each level it prints requests
 sent, completed, failed, busy and lost, throughput (completed requests per second), its
@@ -49,7 +50,7 @@ from gradio_client import Client
 from gradio_client.utils import QueueError
 
 from bots.cli_args import CommandParser
-from bots.registry import VARIANTS
+from bots.registry import HEADLINE_VARIANTS, VARIANTS
 from prompts import load_prompt_spec
 from webui.admission import is_busy
 from webui.common import message_text
@@ -133,6 +134,8 @@ class SweepReport:
     unavailable: dict[str, str] = field(default_factory=dict)
     replayed: int = 0
     mismatches: list[str] = field(default_factory=list)
+    variants: list[str] = field(default_factory=list)
+    """The variants of the mix that were sent (available ones of ``--variants``)."""
 
     def ratio(self, level: LoadReport) -> float:
         """Throughput against the one-session level of the same run (the first level)."""
@@ -161,7 +164,7 @@ class SweepReport:
             }
             for level in self.levels
         ]
-        return {"levels": rows, "replayed": self.replayed, "mismatches": self.mismatches, "unavailable": self.unavailable, "ok": self.ok}
+        return {"levels": rows, "variants": self.variants, "replayed": self.replayed, "mismatches": self.mismatches, "unavailable": self.unavailable, "ok": self.ok}
 
 
 # --- pieces -----------------------------------------------------------------------------------
@@ -219,11 +222,25 @@ def chat_once(client: Client, request: ChatRequest, max_new_tokens: int, timeout
     return outcome
 
 
-def probe_variants(url: str, max_new_tokens: int, timeout_s: float) -> tuple[list[str], dict[str, str]]:
-    """Available variants, and the unavailable ones with the UI's status (also warms the model up)."""
+def parse_variants(text: str) -> list[str]:
+    """``all`` (every variant), ``headline`` (the Chat tab's: lora and prompt of each domain) or names, comma-separated."""
+    if text.strip() == "all":
+        return list(VARIANTS)
+    if text.strip() == "headline":
+        return list(HEADLINE_VARIANTS)
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in VARIANTS]
+    if not names or unknown or len(set(names)) != len(names):
+        raise ValueError(f"--variants: {text!r} must be 'all', 'headline' or distinct names among {', '.join(VARIANTS)}")
+    return names
+
+
+def probe_variants(url: str, max_new_tokens: int, timeout_s: float, variants: list[str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """Available variants of ``variants`` (default: all), and the unavailable ones with the UI's status (also warms the model up)."""
     client = _client(url)
     available, unavailable = [], {}
-    for name, spec in VARIANTS.items():
+    for name in variants or list(VARIANTS):
+        spec = VARIANTS[name]
         message = load_prompt_spec(spec.domain).example_questions[0]
         outcome = chat_once(client, ChatRequest(name, spec.domain, spec.method, message), max_new_tokens, timeout_s)
         if "unavailable" in outcome.status:
@@ -324,13 +341,15 @@ def run(url: str, sessions: int = 16, total_requests: int = 64, duration_s: floa
     return report
 
 
-def sweep(url: str, levels: list[int], per_session: int = 4, duration_s: float = 600.0, max_new_tokens: int = 24, timeout_s: float = 300.0) -> SweepReport:
+def sweep(
+    url: str, levels: list[int], per_session: int = 4, duration_s: float = 600.0, max_new_tokens: int = 24, timeout_s: float = 300.0, variants: list[str] | None = None
+) -> SweepReport:
     """Probe, one load per concurrency level (same request mix), then one replay over all levels."""
     require_loopback(url)
-    available, unavailable = probe_variants(url, max_new_tokens, timeout_s)
+    available, unavailable = probe_variants(url, max_new_tokens, timeout_s, variants)
     if not available:
         raise RuntimeError("no variant is available")
-    report = SweepReport([], unavailable)
+    report = SweepReport([], unavailable, variants=available)
     for sessions in levels:
         requests = plan(available, level_requests(available, sessions, per_session))
         level = LoadReport(sessions, len(requests), unavailable)
@@ -355,6 +374,8 @@ def format_level(report: SweepReport, level: LoadReport) -> str:
 
 def format_sweep(report: SweepReport) -> str:
     lines = [LEVEL_HEADER, *(format_level(report, level) for level in report.levels)]
+    if report.variants:
+        lines.append(f"variants sent: {', '.join(report.variants)}")
     if report.unavailable:
         lines.append(f"skipped as unavailable: {', '.join(report.unavailable)}")
     for level in report.levels:
@@ -481,11 +502,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-session", type=int, default=4, help="requests per session at each level, rounded up to whole cycles of the mix (default 4)")
     parser.add_argument("--duration", type=float, default=600.0, help="seconds per level after which no new request starts (default 600)")
     parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--variants", default="all", help="the mix: 'all' (default), 'headline' (the four the Chat tab opens on) or names, comma-separated")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds one request may take before it counts as lost")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = parser.parse_args(argv)
     try:
         levels = parse_levels(args.sessions)
+        variants = parse_variants(args.variants)
     except ValueError as exc:
         parser.error(str(exc))
     if args.per_session < 1 or args.duration <= 0 or args.max_new_tokens < 1:
@@ -493,9 +516,9 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.split(args.serve_command) if args.serve_command else default_serve_command(args.base_model, args.backend)
     try:
         with serve_ui_process(command) if args.serve else contextlib.nullcontext(args.url) as url:
-            print(f"load test of {url}: sessions {', '.join(map(str, levels))}, {args.per_session} requests per session, {args.max_new_tokens} new tokens each", flush=True)
+            print(f"load test of {url}: sessions {', '.join(map(str, levels))}, {args.per_session} requests per session, {args.max_new_tokens} new tokens each, variants: {args.variants}", flush=True)
             print(LEVEL_HEADER, flush=True)
-            report = sweep(url, levels, args.per_session, args.duration, args.max_new_tokens, args.timeout)
+            report = sweep(url, levels, args.per_session, args.duration, args.max_new_tokens, args.timeout, variants)
     except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

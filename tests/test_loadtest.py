@@ -41,6 +41,9 @@ def test_concurrent_sessions_lose_and_mix_nothing(tiny_runtime: Runtime) -> None
         first = report.completed[0]
         tampered = [first, replace(first, reply=first.reply + " (from another session)")]
         assert len(loadtest.replay_mismatches(url, tampered, 16, 60)) == 1
+        # --variants narrows the mix: only the named variants are probed, unavailable ones still skipped.
+        chosen, skipped = loadtest.probe_variants(url, 16, 60, ["medical-lora", "ecommerce-lora"])
+        assert chosen == ["ecommerce-lora"] and list(skipped) == ["medical-lora"]
         lost = replace(first, reply=None, lost=True, error="no answer")
         report.outcomes.append(lost)
         assert not report.ok and "LOST" in loadtest.format_report(report)
@@ -56,6 +59,7 @@ def test_the_sweep_serves_the_ui_in_its_own_process_and_reports_every_level(tmp_
     out, err = capsys.readouterr()
     assert status == 0, out + err
     rows = json.loads(figures.read_text())["levels"]
+    assert len(json.loads(figures.read_text())["variants"]) == 8
     assert [row["sessions"] for row in rows] == [1, 3]
     # Each level sends whole cycles of the mix: the 8 available variants of the tiny UI (no medical adapters), 6 questions each.
     assert [row["sent"] for row in rows] == [row["completed"] for row in rows] == [48, 48]
@@ -80,6 +84,20 @@ def test_levels_are_distinct_positive_numbers() -> None:
             loadtest.parse_levels(bad)
     assert loadtest.level_requests(["ecommerce-prompt", "medical-prompt"], sessions=4, per_session=4) == 24  # 16 rounded up to 2 cycles of 12 (6 questions a domain)
     assert loadtest.level_requests(["ecommerce-prompt", "medical-prompt"], sessions=1, per_session=1) == 12
+
+
+def test_the_mix_can_be_the_headline_variants_or_a_list() -> None:
+    from bots.registry import HEADLINE_VARIANTS
+
+    assert loadtest.parse_variants("all") == list(VARIANTS)
+    assert loadtest.parse_variants("headline") == list(HEADLINE_VARIANTS) and len(HEADLINE_VARIANTS) == 4
+    assert loadtest.parse_variants("medical-prompt, ecommerce-lora") == ["medical-prompt", "ecommerce-lora"]
+    for bad in ("", "ecommerce-nothing", "medical-prompt,medical-prompt"):
+        with pytest.raises(ValueError, match="--variants"):
+            loadtest.parse_variants(bad)
+    with pytest.raises(SystemExit) as exited:  # a bad mix is a usage error before anything is sent
+        loadtest.main(["--url", "http://127.0.0.1:7860/", "--variants", "ecommerce-nothing"])
+    assert exited.value.code == 2
 
 
 def test_only_loopback_targets_are_accepted() -> None:
