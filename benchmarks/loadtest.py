@@ -11,8 +11,9 @@ points at a UI already running.
 
 At each concurrency level, N sessions (one gradio_client each) send single-turn greedy
 requests that cycle through the available variants (``--variants``: every variant, the
-headline ones or a list; a variant whose status says 'unavailable' is skipped) and each domain's example questions (prompts/<domain>.yaml), until
-the level's requests are spent or the duration is over. Every level sends whole cycles of
+headline ones or a list; a variant whose status says 'unavailable' is skipped) and each
+domain's example questions (prompts/<domain>.yaml), until the level's requests are spent or
+the duration is over. Every level sends whole cycles of
 that mix, so the levels do the same work per request. For each level it prints requests
 sent, completed, failed, busy and lost, throughput (completed requests per second), its
 ratio to the one-session level (the baseline of the same run) and p50/p95 latency. Busy
